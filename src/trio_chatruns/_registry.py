@@ -1,0 +1,387 @@
+"""The registry: the conversation → run map, its critical section, and
+eviction on the mutation and read paths (:meth:`ChatRunRegistry._sweep`)."""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, final
+
+import trio
+
+from ._config import RegistryConfig
+from ._counters import Counters
+from ._exceptions import RunAlreadyActive, RunNotFound
+from ._producer import Producer, run_producer
+from ._records import ChatRunEvent, ChatRunRecord, RegistryStats
+from ._retention import RetentionIndex
+from ._run import ChatRun, RunState
+from ._status import ChatRunStatus
+from ._subscription import ChatRunSubscription
+from ._util import UNSET, NoPublicConstructor, Unset, check_conversation_id
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["ChatRunRegistry", "open_chat_run_registry"]
+
+
+def _check_cursor(after: object) -> int:
+    if isinstance(after, bool) or not isinstance(after, int):
+        raise TypeError(f"after must be an int seq, not {after!r}")
+    if after < 0:
+        raise ValueError(f"after must be >= 0, not {after!r}")
+    return after
+
+
+def _is_async_callable(obj: object) -> bool:
+    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(
+        getattr(obj, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+@final
+class ChatRunRegistry(metaclass=NoPublicConstructor):
+    """The runs of a chat server, one current run per conversation.
+
+    Created by :func:`open_chat_run_registry`, never directly.
+
+    **Atomicity.** Every method except :meth:`subscribe` (an async context
+    manager whose entry does not checkpoint either) is synchronous and has no
+    checkpoint inside, so under Trio's cooperative scheduling each call is one
+    atomic step: the registry's critical section, with no lock.
+
+    **Eviction.** There is no background sweeper. Expired terminal runs (TTL)
+    and the oldest terminal runs past the cap (LRU) are evicted inside that
+    critical section: when a run starts, when a run becomes terminal, and
+    before a read answers. A sweep costs O(runs it evicts). An idle server
+    therefore holds its last runs until the next call; but no call ever sees
+    a run past its retention.
+    """
+
+    def __init__(self, config: RegistryConfig, nursery: trio.Nursery) -> None:
+        self._config = config
+        self._nursery = nursery
+        # Every run held: the active ones and the retained terminal ones.
+        self._runs: dict[str, RunState] = {}
+        # The terminal subset of _runs, in eviction order.
+        self._retention = RetentionIndex(config.terminal_retention, config.max_retained_terminal)
+        self._counters = Counters()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<ChatRunRegistry runs={len(self._runs)} "
+            f"terminal={len(self._retention)} closed={self._closed}>"
+        )
+
+    @property
+    def config(self) -> RegistryConfig:
+        """The limits this registry was opened with (:class:`RegistryConfig`)."""
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once the ``async with`` block of the registry was left."""
+        return self._closed
+
+    # -- the critical section ------------------------------------------------
+
+    def _sweep(self) -> int:
+        """Evict what is due at ``trio.current_time()``: TTL first, then LRU.
+
+        Returns how many runs were evicted. O(evicted); no checkpoint.
+        """
+        evicted = 0
+        runs = self._runs
+        counters = self._counters
+        for state in self._retention.pop_expired(trio.current_time()):
+            del runs[state.conversation_id]
+            counters.evicted_ttl += 1
+            evicted += 1
+        for state in self._retention.pop_over_cap():
+            del runs[state.conversation_id]
+            counters.evicted_lru += 1
+            evicted += 1
+        return evicted
+
+    def _on_terminal(self, state: RunState) -> None:
+        # Called by RunState.mark_terminal, once per run. Only a current run
+        # can become terminal (a run is replaced only once it is terminal).
+        if self._runs.get(state.conversation_id) is state:
+            self._retention.add(state)
+            self._sweep()
+
+    def _lookup(self, conversation_id: object) -> RunState | None:
+        """The current run, or ``None``; a terminal one past retention is evicted first."""
+        state = self._runs.get(check_conversation_id(conversation_id))
+        if state is not None and self._retention.is_expired(state, trio.current_time()):
+            self._sweep()
+            return None
+        return state
+
+    def _require(self, conversation_id: object) -> RunState:
+        state = self._lookup(conversation_id)
+        if state is None:
+            raise RunNotFound(str(conversation_id))
+        return state
+
+    # -- mutations -------------------------------------------------------------
+
+    def try_start(self, conversation_id: str, producer: Producer) -> ChatRun:
+        """Start a run: ``producer(run)`` as a task in the registry's nursery.
+
+        Synchronous and atomic. Sweeps due terminal runs first. A retained
+        terminal run of the same conversation is replaced (not counted as an
+        eviction); its producer task may still be finishing, but it can no
+        longer push. The producer task starts at the next scheduling round.
+
+        Args:
+            conversation_id (str): non-empty.
+            producer: an async function ``async def producer(run: ChatRun)``.
+
+        Returns:
+            ChatRun: the new run's handle (the same one the producer gets),
+            status ``running``, ``latest_seq`` 0, a new unique ``run_id``.
+
+        Raises:
+            TypeError / ValueError: a bad ``conversation_id``; ``TypeError`` if
+                ``producer`` is not an async function.
+            RunAlreadyActive: the conversation has an active run.
+            RuntimeError: the registry is closed.
+
+        On any of these, nothing changes.
+        """
+        check_conversation_id(conversation_id)
+        if not _is_async_callable(producer):
+            raise TypeError(f"producer must be an async function, not {producer!r}")
+        if self._closed:
+            raise RuntimeError(
+                f"registry is closed; cannot start a run for {conversation_id!r}"
+            )
+        self._sweep()
+        previous = self._runs.get(conversation_id)
+        if previous is not None:
+            if previous.terminated_at is None:
+                raise RunAlreadyActive(conversation_id, previous.run_id)
+            self._retention.discard(conversation_id)
+        state = RunState(
+            conversation_id, uuid.uuid4().hex, self._config, self._counters, self._on_terminal
+        )
+        run = ChatRun._create(state)
+        self._runs[conversation_id] = state
+        self._nursery.start_soon(
+            run_producer, run, state, producer, name=f"trio_chatruns producer {conversation_id!r}"
+        )
+        return run
+
+    def push_frame(
+        self,
+        conversation_id: str,
+        frame: Any,
+        *,
+        status: ChatRunStatus | str | None = None,
+        current_tool: str | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> int:
+        """:meth:`ChatRun.push_frame` on the conversation's current run.
+
+        Raises:
+            RunNotFound: no run is held for ``conversation_id``.
+            RunTerminated, TypeError, ValueError: as :meth:`ChatRun.push_frame`.
+        """
+        return self._require(conversation_id).push_frame(frame, status, current_tool, error)
+
+    def update(
+        self,
+        conversation_id: str,
+        status: ChatRunStatus | str,
+        *,
+        current_tool: str | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> None:
+        """:meth:`ChatRun.update` on the conversation's current run.
+
+        Raises:
+            RunNotFound: no run is held for ``conversation_id``.
+            RunTerminated, TypeError, ValueError: as :meth:`ChatRun.update`.
+        """
+        self._require(conversation_id).update(status, current_tool, error)
+
+    def interrupt(self, conversation_id: str) -> bool:
+        """Request cancellation of the conversation's active run.
+
+        Returns ``False`` when there is no active run. See :meth:`ChatRun.interrupt`.
+        Synchronous and atomic.
+        """
+        state = self._lookup(conversation_id)
+        return state is not None and state.interrupt()
+
+    def prune(self) -> int:
+        """Evict every terminal run due now (TTL, then LRU); return how many (count).
+
+        Never needed for correctness (every path sweeps), but lets an idle
+        server release memory on its own schedule, e.g. from a periodic task.
+        """
+        return self._sweep()
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, conversation_id: str) -> ChatRunRecord | None:
+        """A snapshot of the conversation's current run, or ``None``."""
+        self._sweep()
+        state = self._runs.get(check_conversation_id(conversation_id))
+        return None if state is None else state.snapshot()
+
+    def list(self, *, active_only: bool = False) -> builtins.list[ChatRunRecord]:
+        """Snapshots of every run held (only active ones if ``active_only``),
+        newest ``updated_at`` first."""
+        self._sweep()
+        states = self._runs.values()
+        records = [
+            state.snapshot()
+            for state in states
+            if not active_only or state.terminated_at is None
+        ]
+        records.sort(key=lambda record: record.updated_at, reverse=True)
+        return records
+
+    def events(self, conversation_id: str, *, after: int = 0) -> builtins.list[ChatRunEvent]:
+        """The buffered events of the conversation's current run with ``seq > after``,
+        oldest first; ``[]`` for an unknown conversation.
+
+        Raises:
+            TypeError / ValueError: a bad ``conversation_id`` or ``after`` (an
+                int >= 0).
+        """
+        _check_cursor(after)
+        state = self._lookup(conversation_id)
+        return [] if state is None else state.events_after(after)
+
+    def stats(self) -> RegistryStats:
+        """Counters now and totals since the registry opened (:class:`RegistryStats`)."""
+        self._sweep()
+        counters = self._counters
+        terminal = len(self._retention)
+        return RegistryStats(
+            active=len(self._runs) - terminal,
+            retained_terminal=terminal,
+            subscribers=counters.subscribers,
+            evicted_ttl=counters.evicted_ttl,
+            evicted_lru=counters.evicted_lru,
+            lagged_subscribers=counters.lagged_subscribers,
+            frames_pushed=counters.frames_pushed,
+        )
+
+    def subscribe(
+        self, conversation_id: str, *, after: int = 0, run_id: str | None = None
+    ) -> AbstractAsyncContextManager[ChatRunSubscription]:
+        """Follow the conversation's current run from cursor ``after``.
+
+        Use as ``async with registry.subscribe(cid, after=n) as subscription:``
+        then ``async for event in subscription``. It yields every buffered
+        event with ``seq > after``, then live events, in order, with no gap and
+        no duplicate, and ends after the run's last frame. A retained terminal
+        run replays and ends. Entering does not checkpoint; leaving removes
+        only this subscriber. See :class:`ChatRunSubscription` for lag.
+
+        Args:
+            conversation_id (str): the conversation.
+            after (int >= 0): the last seq the client already has (0 for all).
+                Over SSE this is what ``Last-Event-ID`` carries.
+            run_id (str | None): if given, the run the cursor belongs to.
+
+        Raises (on entering):
+            RunNotFound: no run, or ``run_id`` is not the current run.
+            ReplayGap: frames after ``after`` were already trimmed.
+            ValueError: ``after`` is past the run's ``latest_seq`` (a cursor
+                from another run), or negative.
+            TypeError: ``after`` is not an int, ``run_id`` not a str.
+        """
+        return self._subscription(conversation_id, after, run_id)
+
+    @asynccontextmanager
+    async def _subscription(
+        self, conversation_id: str, after: int, run_id: str | None
+    ) -> AsyncIterator[ChatRunSubscription]:
+        _check_cursor(after)
+        if run_id is not None and not isinstance(run_id, str):
+            raise TypeError(f"run_id must be a str or None, not {run_id!r}")
+        state = self._require(conversation_id)
+        if run_id is not None and run_id != state.run_id:
+            raise RunNotFound(conversation_id, run_id)
+        subscription = state.subscribe(after)
+        try:
+            yield subscription
+        finally:
+            subscription.close()
+
+    # -- shutdown --------------------------------------------------------------
+
+    def _close(self) -> None:
+        """Refuse new runs, interrupt every active run, cancel the stragglers.
+
+        Each active run ends ``CANCELLED`` when its producer exits, which
+        closes its subscribers. Cancelling the nursery also stops producers of
+        runs that are already terminal but still finishing, so closing is
+        bounded (a producer that shields itself from cancellation still delays
+        it: Trio's rules).
+        """
+        self._closed = True
+        for state in builtins.list(self._runs.values()):
+            state.interrupt()
+        self._nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_chat_run_registry(
+    config: RegistryConfig | None = None,
+) -> AsyncIterator[ChatRunRegistry]:
+    """Open a :class:`ChatRunRegistry` whose producers run in a nursery owned
+    by this ``async with`` block.
+
+    Usage::
+
+        async with open_chat_run_registry() as registry:
+            run = registry.try_start("conv-1", producer)
+
+    Leaving the block closes the registry: new runs are refused
+    (``RuntimeError``), active runs are interrupted and end ``CANCELLED``,
+    every subscriber is closed, and the block returns only when every
+    producer task has exited. An exception raised in the body propagates as
+    itself, not wrapped in an ``ExceptionGroup`` (Trio's nurseries are strict;
+    a group of exactly one exception is unwrapped here).
+
+    Args:
+        config (RegistryConfig | None): limits; ``None`` for the defaults.
+
+    Raises:
+        TypeError: ``config`` is not a :class:`RegistryConfig`.
+    """
+    if config is None:
+        config = RegistryConfig()
+    elif not isinstance(config, RegistryConfig):
+        raise TypeError(f"config must be a RegistryConfig or None, not {config!r}")
+    try:
+        async with trio.open_nursery() as nursery:
+            registry = ChatRunRegistry._create(config, nursery)
+            try:
+                yield registry
+            finally:
+                registry._close()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        exc = group.exceptions[0]
+        context = exc.__context__
+        try:
+            raise exc
+        finally:
+            # Re-raising inside this handler would chain the group as the
+            # context; restore the exception's own.
+            exc.__context__ = context
+            del exc, group

@@ -1,0 +1,72 @@
+"""Retention: which terminal runs are kept, and which are due for eviction.
+
+A terminal run is kept for ``terminal_retention`` seconds after its
+``terminated_at`` (the TTL), and at most ``max_retained_terminal`` terminal
+runs are kept at all (the LRU backstop, oldest ``terminated_at`` first). Active
+runs never enter this index, so they are never counted or evicted.
+
+There is no sweeper task. The registry calls :meth:`RetentionIndex.pop_expired`
+and :meth:`RetentionIndex.pop_over_cap` from its own mutation and read paths.
+Runs enter the index in the order they become terminal, and ``terminated_at``
+comes from ``trio.current_time()``, which never goes backwards, so that order
+*is* ``terminated_at`` order: the next run due is always at the front, and a
+sweep costs O(runs it evicts), not O(runs held).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+__all__ = ["RetentionIndex"]
+
+if TYPE_CHECKING:
+    from ._run import RunState
+
+
+class RetentionIndex:
+    """Terminal runs held by a registry, oldest ``terminated_at`` first.
+
+    All methods are synchronous with no checkpoint: callers run them inside
+    the registry's critical section.
+    """
+
+    __slots__ = ("_by_conversation", "_cap", "_retention")
+
+    def __init__(self, retention: float, cap: int) -> None:
+        self._retention = retention
+        self._cap = cap
+        self._by_conversation: OrderedDict[str, RunState] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._by_conversation)
+
+    def add(self, state: RunState) -> None:
+        """Index a run that just became terminal (it is the newest to end)."""
+        self._by_conversation[state.conversation_id] = state
+
+    def discard(self, conversation_id: str) -> None:
+        """Forget a conversation's terminal run (replaced by a new run); O(1)."""
+        self._by_conversation.pop(conversation_id, None)
+
+    def is_expired(self, state: RunState, now: float) -> bool:
+        """Whether a terminal run is past its retention at Trio time ``now``."""
+        terminated_at = state.terminated_at
+        return terminated_at is not None and terminated_at + self._retention <= now
+
+    def pop_expired(self, now: float) -> Iterator[RunState]:
+        """Remove and yield, oldest first, every run past its retention at ``now``."""
+        runs = self._by_conversation
+        while runs:
+            oldest = next(iter(runs.values()))
+            if not self.is_expired(oldest, now):
+                return
+            runs.popitem(last=False)
+            yield oldest
+
+    def pop_over_cap(self) -> Iterator[RunState]:
+        """Remove and yield, oldest first, the runs beyond the cap."""
+        runs = self._by_conversation
+        while len(runs) > self._cap:
+            yield runs.popitem(last=False)[1]

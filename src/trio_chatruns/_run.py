@@ -1,0 +1,353 @@
+"""A run: its shared state (the replay buffer, seq, status, live subscribers)
+and the :class:`ChatRun` handle that producers and callers hold.
+
+This is where a frame enters (:meth:`RunState.push_frame`) and the one place a
+run becomes terminal (:meth:`RunState.mark_terminal`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from itertools import islice
+from typing import Any, final
+
+import trio
+
+from ._config import RegistryConfig
+from ._counters import Counters
+from ._exceptions import ReplayGap, RunTerminated
+from ._fanout import Fanout, Subscriber
+from ._records import ChatRunEvent, ChatRunRecord
+from ._status import ChatRunStatus
+from ._subscription import ChatRunSubscription
+from ._util import UNSET, NoPublicConstructor, Unset, check_optional_str
+
+__all__ = ["INTERRUPTED_FRAME_TYPE", "ChatRun", "RunState"]
+
+INTERRUPTED_FRAME_TYPE = "interrupted"
+"""``frame["type"]`` of the last frame of a run that ends ``CANCELLED``."""
+
+
+class RunState:
+    """Everything a run holds, apart from the handles users keep.
+
+    Every method is synchronous and has no checkpoint, so each one is atomic
+    with respect to other Trio tasks: that is the registry's critical section.
+    """
+
+    __slots__ = (
+        "buffer",
+        "cancel_scope",
+        "config",
+        "conversation_id",
+        "counters",
+        "current_tool",
+        "ended",
+        "fanout",
+        "interrupt_requested",
+        "last_error",
+        "latest_seq",
+        "on_terminal",
+        "producer_started",
+        "run_id",
+        "started_at",
+        "status",
+        "terminated_at",
+        "updated_at",
+    )
+
+    def __init__(
+        self,
+        conversation_id: str,
+        run_id: str,
+        config: RegistryConfig,
+        counters: Counters,
+        on_terminal: Callable[[RunState], None],
+    ) -> None:
+        now = trio.current_time()
+        self.conversation_id = conversation_id
+        self.run_id = run_id
+        self.config = config
+        self.counters = counters
+        # Called once, by mark_terminal, so the registry can index the run for
+        # retention and sweep.
+        self.on_terminal = on_terminal
+        self.status = ChatRunStatus.RUNNING
+        self.started_at = now
+        self.updated_at = now
+        self.terminated_at: float | None = None
+        self.latest_seq = 0
+        self.current_tool: str | None = None
+        self.last_error: str | None = None
+        # The replay buffer: the newest max_events_per_run frames, seqs contiguous.
+        self.buffer: deque[ChatRunEvent] = deque(maxlen=config.max_events_per_run)
+        self.fanout = Fanout(counters)
+        # Entered by the producer task; None once the run is terminal, so a
+        # finished run holds no reference to its task's scope.
+        self.cancel_scope: trio.CancelScope | None = trio.CancelScope()
+        self.producer_started = False
+        self.interrupt_requested = False
+        self.ended = trio.Event()
+
+    # -- reads ---------------------------------------------------------------
+
+    def snapshot(self) -> ChatRunRecord:
+        return ChatRunRecord(
+            conversation_id=self.conversation_id,
+            run_id=self.run_id,
+            status=self.status,
+            started_at=self.started_at,
+            updated_at=self.updated_at,
+            terminated_at=self.terminated_at,
+            latest_seq=self.latest_seq,
+            current_tool=self.current_tool,
+            last_error=self.last_error,
+        )
+
+    def events_after(self, after: int) -> list[ChatRunEvent]:
+        """Buffered events with ``seq > after``, oldest first."""
+        buffer = self.buffer
+        if not buffer or after >= self.latest_seq:
+            return []
+        skip = after + 1 - buffer[0].seq
+        return list(buffer) if skip <= 0 else list(islice(buffer, skip, None))
+
+    # -- mutations -----------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.terminated_at is not None:
+            raise RunTerminated(self.conversation_id, self.run_id, self.status)
+
+    def push_frame(
+        self,
+        frame: Any,
+        status: ChatRunStatus | str | None = None,
+        current_tool: str | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> int:
+        """Append a frame, fan it out, apply the field changes; return its seq.
+
+        Every argument is checked before anything changes.
+        """
+        self._check_writable()
+        new_status = None if status is None else ChatRunStatus.coerce(status)
+        check_optional_str("current_tool", current_tool)
+        check_optional_str("error", error)
+
+        seq = self.latest_seq + 1
+        event = ChatRunEvent(self.conversation_id, self.run_id, seq, time.time(), frame)
+        self.buffer.append(event)
+        self.latest_seq = seq
+        self.updated_at = trio.current_time()
+        if current_tool is not UNSET:
+            self.current_tool = current_tool
+        if error is not UNSET:
+            self.last_error = error
+        self.counters.frames_pushed += 1
+        self.fanout.publish(event)
+        if new_status is not None:
+            self._set_status(new_status)
+        return seq
+
+    def update(
+        self,
+        status: ChatRunStatus | str,
+        current_tool: str | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> None:
+        """Change the status and fields without a frame."""
+        self._check_writable()
+        new_status = ChatRunStatus.coerce(status)
+        check_optional_str("current_tool", current_tool)
+        check_optional_str("error", error)
+
+        self.updated_at = trio.current_time()
+        if current_tool is not UNSET:
+            self.current_tool = current_tool
+        if error is not UNSET:
+            self.last_error = error
+        self._set_status(new_status)
+
+    def _set_status(self, status: ChatRunStatus) -> None:
+        if status.is_terminal:
+            self.mark_terminal(status)
+        else:
+            self.status = status
+
+    def mark_terminal(self, status: ChatRunStatus) -> bool:
+        """End the run with ``status``: the single place a run becomes terminal.
+
+        Stamps ``terminated_at`` (and ``updated_at``) with ``trio.current_time()``,
+        closes every subscriber's send channel (each reader drains what is queued,
+        then its iterator ends), drops the cancel scope, wakes :meth:`ChatRun.wait`,
+        and hands the run to the registry for retention and a sweep. Exactly
+        once: every later call, from whichever path, returns ``False`` and
+        changes nothing.
+        """
+        if self.terminated_at is not None:
+            return False
+        now = trio.current_time()
+        self.status = status
+        self.terminated_at = now
+        self.updated_at = now
+        self.cancel_scope = None
+        self.fanout.close()
+        self.ended.set()
+        self.on_terminal(self)
+        return True
+
+    def interrupt(self) -> bool:
+        """Ask the producer to stop; ``False`` if the run is already terminal.
+
+        If the producer has not started yet it never will: the run ends
+        ``CANCELLED`` here and now. Otherwise its cancel scope is cancelled and
+        the run ends ``CANCELLED`` when the producer exits
+        (:meth:`producer_exited`).
+        """
+        if self.terminated_at is not None:
+            return False
+        self.interrupt_requested = True
+        if not self.producer_started:
+            self.end_cancelled()
+        elif self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+        return True
+
+    def end_cancelled(self, error: str | Unset | None = UNSET) -> None:
+        """Push the ``{"type": "interrupted"}`` frame and end ``CANCELLED``."""
+        self.push_frame(
+            {"type": INTERRUPTED_FRAME_TYPE}, status=ChatRunStatus.CANCELLED, error=error
+        )
+
+    def subscribe(self, after: int) -> ChatRunSubscription:
+        """Open a subscription replaying ``seq > after`` then following live.
+
+        Taking the replay snapshot and registering the live channel happen in
+        this one synchronous call, so no frame can fall between them.
+
+        Raises:
+            ValueError: ``after`` is past ``latest_seq``.
+            ReplayGap: frames after ``after`` were already trimmed.
+        """
+        if after > self.latest_seq:
+            raise ValueError(
+                f"after={after} is past latest_seq={self.latest_seq} of run {self.run_id!r} "
+                f"(conversation {self.conversation_id!r}); is the cursor from another run?"
+            )
+        buffer = self.buffer
+        available_from = buffer[0].seq if buffer else self.latest_seq + 1
+        if after + 1 < available_from:
+            raise ReplayGap(self.conversation_id, self.run_id, after, available_from)
+        replay = self.events_after(after)
+        if self.terminated_at is not None:
+            return ChatRunSubscription._create(self, after, replay, None, None)
+        send, receive = trio.open_memory_channel[ChatRunEvent](self.config.subscriber_buffer)
+        subscriber = Subscriber(send)
+        self.fanout.add(subscriber)
+        return ChatRunSubscription._create(self, after, replay, subscriber, receive)
+
+
+@final
+class ChatRun(metaclass=NoPublicConstructor):
+    """Handle on one run, returned by :meth:`ChatRunRegistry.try_start` and
+    passed to the producer.
+
+    Not built directly. A handle always refers to its own run: after the
+    conversation is restarted, the old handle still reads the old run and its
+    pushes raise :class:`RunTerminated`.
+
+    Every method except :meth:`wait` is synchronous with no checkpoint, and so
+    atomic with respect to other Trio tasks.
+    """
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+
+    def __repr__(self) -> str:
+        state = self._state
+        return (
+            f"<ChatRun {state.run_id} conversation={state.conversation_id!r} "
+            f"status={state.status.value} latest_seq={state.latest_seq}>"
+        )
+
+    @property
+    def conversation_id(self) -> str:
+        """The conversation this run belongs to (``str``)."""
+        return self._state.conversation_id
+
+    @property
+    def run_id(self) -> str:
+        """This run's unique id (``str``, new for every run)."""
+        return self._state.run_id
+
+    @property
+    def record(self) -> ChatRunRecord:
+        """A snapshot of the run now (:class:`ChatRunRecord`)."""
+        return self._state.snapshot()
+
+    def push_frame(
+        self,
+        frame: Any,
+        *,
+        status: ChatRunStatus | str | None = None,
+        current_tool: str | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> int:
+        """Append ``frame`` to the run and send it to every live subscriber.
+
+        The frame gets the next seq (1, 2, ...), is kept in the replay buffer
+        (the oldest frame is trimmed past ``max_events_per_run``), and is queued
+        on each subscriber's channel without waiting: a subscriber whose channel
+        is full is dropped with :class:`SubscriberLagged`. Then ``status``,
+        ``current_tool`` and ``error`` (``UNSET`` leaves a field, ``None`` clears
+        it) are applied; a terminal ``status`` ends the run after this frame.
+
+        Args:
+            frame: any object, stored and delivered as is.
+            status (ChatRunStatus | str | None): new status; ``None`` keeps it.
+            current_tool (str | None | UNSET), error (str | None | UNSET).
+
+        Returns:
+            int: the frame's seq.
+
+        Raises:
+            RunTerminated: the run is already terminal.
+            TypeError / ValueError: a bad ``status``, ``current_tool`` or
+                ``error``; nothing is pushed.
+        """
+        return self._state.push_frame(frame, status, current_tool, error)
+
+    def update(
+        self,
+        status: ChatRunStatus | str,
+        *,
+        current_tool: str | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> None:
+        """Set the status (and fields) without pushing a frame.
+
+        A terminal ``status`` ends the run. Raises as :meth:`push_frame`.
+        """
+        self._state.update(status, current_tool, error)
+
+    def interrupt(self) -> bool:
+        """Request cancellation of the producer; ``False`` if already terminal.
+
+        The run ends ``CANCELLED`` once the producer has exited; frames it pushes
+        while unwinding are kept, followed by a last ``{"type": "interrupted"}``
+        frame. A run interrupted before its producer started never runs it.
+        """
+        return self._state.interrupt()
+
+    async def wait(self) -> ChatRunRecord:
+        """Wait until the run is terminal; return its final record.
+
+        Returns as soon as the run is terminal, even if the producer task is
+        still finishing. Always checkpoints (it is ``trio.Event.wait``).
+        """
+        await self._state.ended.wait()
+        return self._state.snapshot()
