@@ -31,9 +31,7 @@ class RunAlreadyActive(ChatRunError):
     """
 
     def __init__(self, conversation_id: str, run_id: str) -> None:
-        super().__init__(
-            f"conversation {conversation_id!r} already has an active run {run_id!r}"
-        )
+        super().__init__(f"conversation {conversation_id!r} already has an active run {run_id!r}")
         self.conversation_id = conversation_id
         self.run_id = run_id
 

@@ -34,6 +34,9 @@ def _is_cancellation(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
+    """``"Type: message"``; for a group, its leaves' descriptions joined by ``"; "``."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(child) for child in exc.exceptions)
     message = str(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 

@@ -7,7 +7,7 @@ import builtins
 import inspect
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, final
 
@@ -160,9 +160,7 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
         if not _is_async_callable(producer):
             raise TypeError(f"producer must be an async function, not {producer!r}")
         if self._closed:
-            raise RuntimeError(
-                f"registry is closed; cannot start a run for {conversation_id!r}"
-            )
+            raise RuntimeError(f"registry is closed; cannot start a run for {conversation_id!r}")
         self._sweep()
         previous = self._runs.get(conversation_id)
         if previous is not None:
@@ -243,9 +241,7 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
         self._sweep()
         states = self._runs.values()
         records = [
-            state.snapshot()
-            for state in states
-            if not active_only or state.terminated_at is None
+            state.snapshot() for state in states if not active_only or state.terminated_at is None
         ]
         records.sort(key=lambda record: record.updated_at, reverse=True)
         return records
@@ -366,22 +362,53 @@ async def open_chat_run_registry(
         config = RegistryConfig()
     elif not isinstance(config, RegistryConfig):
         raise TypeError(f"config must be a RegistryConfig or None, not {config!r}")
+    body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             registry = ChatRunRegistry._create(config, nursery)
             try:
                 yield registry
+            except BaseException as exc:
+                body_error = exc
+                raise
             finally:
                 registry._close()
     except BaseExceptionGroup as group:
         if len(group.exceptions) != 1:
             raise
-        exc = group.exceptions[0]
-        context = exc.__context__
+        error = group.exceptions[0]
+        if body_error is not None and _same_error(error, body_error):
+            # Trio's cancel scopes re-derive groups on the way out; hand back
+            # the body's own object.
+            error = body_error
+        context = error.__context__
         try:
-            raise exc
+            raise error
         finally:
             # Re-raising inside this handler would chain the group as the
             # context; restore the exception's own.
-            exc.__context__ = context
-            del exc, group
+            error.__context__ = context
+            del error, group, body_error
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for child in error.exceptions:
+            yield from _leaves(child)
+    else:
+        yield error
+
+
+def _same_error(error: BaseException, original: BaseException) -> bool:
+    """Whether ``error`` is ``original`` or a re-derived copy of the same group."""
+    if error is original:
+        return True
+    if not (isinstance(error, BaseExceptionGroup) and isinstance(original, BaseExceptionGroup)):
+        return False
+    mine, theirs = list(_leaves(error)), list(_leaves(original))
+    return (
+        type(error) is type(original)
+        and error.message == original.message
+        and len(mine) == len(theirs)
+        and all(a is b for a, b in zip(mine, theirs, strict=True))
+    )
