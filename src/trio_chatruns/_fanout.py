@@ -63,16 +63,16 @@ class Fanout:
         A subscriber whose channel is full is dropped and flagged as lagged; one
         whose receive end is already closed is just forgotten.
         """
-        dropped: list[Subscriber] | None = None
+        dropped: list[Subscriber] = []
         for subscriber in self._subscribers:
             try:
                 subscriber.send.send_nowait(event)
             except trio.WouldBlock:
                 subscriber.lagged = True
-                dropped = [subscriber] if dropped is None else [*dropped, subscriber]
+                dropped.append(subscriber)
             except trio.BrokenResourceError:
-                dropped = [subscriber] if dropped is None else [*dropped, subscriber]
-        if dropped is not None:
+                dropped.append(subscriber)
+        if dropped:
             for subscriber in dropped:
                 del self._subscribers[subscriber]
                 subscriber.send.close()
