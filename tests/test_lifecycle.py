@@ -11,6 +11,7 @@ import trio.testing
 
 from trio_chatruns import (
     ChatRunStatus,
+    RegistryConfig,
     RunAlreadyActive,
     RunNotFound,
     RunTerminated,
@@ -296,3 +297,118 @@ async def test_outer_cancellation_passes_through_the_registry(autojump_clock):
             await trio.sleep_forever()
     assert scope.cancelled_caught
     assert run.record.status is ChatRunStatus.CANCELLED
+
+
+async def unwinding_with_an_error(run, started):
+    """A producer whose child task fails while being cancelled (say, a
+    connection reset during cleanup)."""
+
+    async def child():
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise OSError("connection reset while closing")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(child)
+        started.set()
+        await trio.sleep_forever()
+
+
+async def test_an_error_while_unwinding_a_shutdown_is_logged_not_raised(autojump_clock, caplog):
+    started = trio.Event()
+    async with open_chat_run_registry() as registry:
+        run = registry.try_start("c", unwinding_with_an_error, started)
+        await started.wait()
+    record = run.record
+    assert record.status is ChatRunStatus.CANCELLED
+    assert record.last_error == "OSError: connection reset while closing"
+    assert [r.exc_info[0] for r in caplog.records if r.name == "trio_chatruns"] == [ExceptionGroup]
+
+
+async def test_an_error_while_unwinding_an_outer_cancel_does_not_escape(autojump_clock):
+    started = trio.Event()
+    with trio.move_on_after(10) as scope:
+        async with open_chat_run_registry() as registry:
+            run = registry.try_start("c", unwinding_with_an_error, started)
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert run.record.status is ChatRunStatus.CANCELLED
+
+
+async def test_an_error_while_unwinding_an_interrupt_is_recorded(autojump_clock):
+    started = trio.Event()
+    async with open_chat_run_registry() as registry:
+        run = registry.try_start("c", unwinding_with_an_error, started)
+        await started.wait()
+        run.interrupt()
+        record = await run.wait()
+        assert record.status is ChatRunStatus.CANCELLED
+        assert "connection reset" in (record.last_error or "")
+        assert registry.events("c")[-1].frame == {"type": "interrupted"}
+
+
+async def test_a_producer_finishing_after_its_run_ended_gets_the_retention_as_deadline(
+    autojump_clock,
+):
+    exited_at = []
+
+    async def producer(run):
+        run.push_frame("answer", status="completed")
+        try:
+            await trio.sleep_forever()  # e.g. a transcript upload that hangs
+        finally:
+            exited_at.append(trio.current_time())
+
+    config = RegistryConfig(terminal_retention=60)
+    async with open_chat_run_registry(config) as registry:
+        registry.try_start("c", producer)
+        await trio.sleep(1000)
+        # Cancelled when its run's retention ran out, not left running forever.
+        assert exited_at == [60]
+
+
+async def test_evicting_a_run_cancels_its_still_finishing_producer(autojump_clock):
+    exited = []
+
+    async def producer(run, name):
+        run.update("completed")
+        try:
+            await trio.sleep_forever()
+        finally:
+            exited.append(name)
+
+    config = RegistryConfig(max_retained_terminal=1)
+    async with open_chat_run_registry(config) as registry:
+        registry.try_start("a", producer, "a")
+        await trio.sleep(1)
+        registry.try_start("b", producer, "b")
+        await trio.sleep(1)  # b ended, so a was evicted (LRU) and its producer cancelled
+        assert exited == ["a"]
+        assert registry.get("a") is None
+
+
+async def test_try_start_passes_extra_arguments_to_the_producer(autojump_clock):
+    async def producer(run, prompt, *, _unused=None):
+        run.push_frame({"echo": prompt})
+
+    async with open_chat_run_registry() as registry:
+        run = registry.try_start("c", producer, "hello")
+        await run.wait()
+        assert registry.events("c")[0].frame == {"echo": "hello"}
+
+
+async def test_a_terminal_status_set_before_the_producer_ran_means_it_never_runs(
+    autojump_clock,
+):
+    ran = []
+
+    async def producer(run):
+        ran.append(True)
+
+    async with open_chat_run_registry() as registry:
+        registry.try_start("c", producer)
+        registry.update("c", "failed", error="refused by a moderation check")
+        await trio.testing.wait_all_tasks_blocked()
+        assert registry.get("c").last_error == "refused by a moderation check"
+    assert ran == []

@@ -195,3 +195,46 @@ async def test_bad_status_or_fields_change_nothing(autojump_clock):
                 pass  # pragma: no cover
         assert registry.stats().subscribers == 0
         run.interrupt()
+
+
+def test_errors_pickle_and_copy_with_their_attributes():
+    import copy
+    import pickle
+
+    errors = [
+        ChatRunError("plain"),
+        RunAlreadyActive("c", "r1"),
+        RunNotFound("c"),
+        RunNotFound("c", "r2"),
+        RunTerminated("c", "r1", ChatRunStatus.FAILED),
+        ReplayGap("c", "r1", 3, 8),
+        SubscriberLagged("c", "r1", 17),
+    ]
+    for error in errors:
+        for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+            assert type(clone) is type(error)
+            assert str(clone) == str(error)
+            assert vars(clone) == vars(error)
+
+
+def test_a_retention_too_large_for_a_float_is_a_value_error():
+    with pytest.raises(ValueError, match=r"math\.inf"):
+        RegistryConfig(terminal_retention=10**400)
+    assert RegistryConfig(terminal_retention=10).terminal_retention == 10.0
+
+
+async def test_rejected_calls_do_not_even_sweep(autojump_clock):
+    config = RegistryConfig(terminal_retention=5)
+    async with open_chat_run_registry(config) as registry:
+        registry.try_start("active", park)
+        registry.try_start("done", park).update("completed")
+        autojump_clock.jump(10)  # "done" is due, but no call has swept yet
+        with pytest.raises(TypeError):
+            registry.get(123)
+        with pytest.raises(RunAlreadyActive):
+            registry.try_start("active", park)
+        with pytest.raises(TypeError, match="active_only"):
+            registry.list(active_only="yes")
+        assert registry._retention.__len__() == 1  # still held: nothing changed
+        assert registry.stats().evicted_ttl == 1  # the first valid read sweeps
+        registry.interrupt("active")

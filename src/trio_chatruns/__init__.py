@@ -13,6 +13,7 @@ from __future__ import annotations
 from ._config import (
     MAX_EVENTS_PER_RUN,
     MAX_RETAINED_TERMINAL,
+    SUBSCRIBER_BUFFER,
     TERMINAL_RETENTION,
     RegistryConfig,
 )
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MAX_EVENTS_PER_RUN",
     "MAX_RETAINED_TERMINAL",
+    "SUBSCRIBER_BUFFER",
     "TERMINAL_RETENTION",
     "UNSET",
     "ChatRun",

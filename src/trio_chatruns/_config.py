@@ -15,6 +15,7 @@ import attrs
 __all__ = [
     "MAX_EVENTS_PER_RUN",
     "MAX_RETAINED_TERMINAL",
+    "SUBSCRIBER_BUFFER",
     "TERMINAL_RETENTION",
     "RegistryConfig",
 ]
@@ -28,7 +29,8 @@ TERMINAL_RETENTION: Final = 300.0
 MAX_RETAINED_TERMINAL: Final = 256
 """Terminal runs kept at most (count); past that the oldest-ended is evicted."""
 
-DEFAULT_SUBSCRIBER_BUFFER: Final = 256
+SUBSCRIBER_BUFFER: Final = 256
+"""Live frames queued per subscriber (count) before it is dropped as lagging."""
 
 
 def _count(minimum: int) -> Any:
@@ -41,11 +43,19 @@ def _count(minimum: int) -> Any:
     return check
 
 
-def _seconds(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+def _seconds(value: object) -> float:
+    """Convert ``terminal_retention`` to float seconds, refusing bad values."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0 seconds, not {value!r}")
+        raise TypeError(f"terminal_retention must be a number of seconds, not {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ValueError(
+            f"terminal_retention={value!r} is too large for a float; use math.inf for 'forever'"
+        ) from None
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"terminal_retention must be >= 0 seconds, not {value!r}")
+    return seconds
 
 
 @attrs.frozen
@@ -55,7 +65,7 @@ class RegistryConfig:
     Attributes:
         max_events_per_run (int, >= 1): frames kept per run for replay; the
             oldest are trimmed first. Default :data:`MAX_EVENTS_PER_RUN` (1000).
-        terminal_retention (float, seconds, >= 0): how long a terminal run is
+        terminal_retention (float, seconds, >= 0; ints are converted): how long a terminal run is
             kept after ``terminated_at``; ``0`` evicts it as soon as it ends,
             ``math.inf`` never by time. Default :data:`TERMINAL_RETENTION` (300).
         max_retained_terminal (int, >= 0): terminal runs kept at most; past it
@@ -63,7 +73,8 @@ class RegistryConfig:
             count. Default :data:`MAX_RETAINED_TERMINAL` (256).
         subscriber_buffer (int, >= 1): capacity of each subscriber's channel for
             live frames (replayed frames do not count). A subscriber that falls
-            this far behind is dropped with ``SubscriberLagged``. Default 256.
+            this far behind is dropped with ``SubscriberLagged``. Default
+            :data:`SUBSCRIBER_BUFFER` (256).
 
     Raises:
         TypeError: a value of the wrong type (``bool`` is not a count).
@@ -72,6 +83,6 @@ class RegistryConfig:
     """
 
     max_events_per_run: int = attrs.field(default=MAX_EVENTS_PER_RUN, validator=_count(1))
-    terminal_retention: float = attrs.field(default=TERMINAL_RETENTION, validator=_seconds)
+    terminal_retention: float = attrs.field(default=TERMINAL_RETENTION, converter=_seconds)
     max_retained_terminal: int = attrs.field(default=MAX_RETAINED_TERMINAL, validator=_count(0))
-    subscriber_buffer: int = attrs.field(default=DEFAULT_SUBSCRIBER_BUFFER, validator=_count(1))
+    subscriber_buffer: int = attrs.field(default=SUBSCRIBER_BUFFER, validator=_count(1))

@@ -19,7 +19,18 @@ __all__ = [
 
 
 class ChatRunError(Exception):
-    """Base class of every error raised by :mod:`trio_chatruns`."""
+    """Base class of every error raised by :mod:`trio_chatruns`.
+
+    Subclasses keep their constructor arguments as attributes and pickle and
+    copy with them (``_args`` names them, for ``__reduce__``).
+    """
+
+    _args: tuple[str, ...] = ()
+
+    def __reduce__(self) -> tuple[type[ChatRunError], tuple[object, ...]]:
+        if not self._args:
+            return (type(self), self.args)
+        return (type(self), tuple(getattr(self, name) for name in self._args))
 
 
 class RunAlreadyActive(ChatRunError):
@@ -29,6 +40,8 @@ class RunAlreadyActive(ChatRunError):
         conversation_id (str): the conversation asked for.
         run_id (str): the id of the run that is still active.
     """
+
+    _args = ("conversation_id", "run_id")
 
     def __init__(self, conversation_id: str, run_id: str) -> None:
         super().__init__(f"conversation {conversation_id!r} already has an active run {run_id!r}")
@@ -46,6 +59,8 @@ class RunNotFound(ChatRunError, LookupError):
         conversation_id (str): the conversation asked for.
         run_id (str | None): the run asked for, if one was named.
     """
+
+    _args = ("conversation_id", "run_id")
 
     def __init__(self, conversation_id: str, run_id: str | None = None) -> None:
         if run_id is None:
@@ -69,6 +84,8 @@ class RunTerminated(ChatRunError):
         the terminal status it ended with.
     """
 
+    _args = ("conversation_id", "run_id", "status")
+
     def __init__(self, conversation_id: str, run_id: str, status: object) -> None:
         super().__init__(
             f"run {run_id!r} of conversation {conversation_id!r} is already terminal "
@@ -91,6 +108,8 @@ class ReplayGap(ChatRunError):
         after (int): the cursor asked for.
         available_from (int): the oldest seq still buffered.
     """
+
+    _args = ("conversation_id", "run_id", "after", "available_from")
 
     def __init__(self, conversation_id: str, run_id: str, after: int, available_from: int) -> None:
         super().__init__(
@@ -118,6 +137,8 @@ class SubscriberLagged(ChatRunError):
         resume_after (int): the last seq the iterator yielded (the subscription's
             ``after`` if it yielded none).
     """
+
+    _args = ("conversation_id", "run_id", "resume_after")
 
     def __init__(self, conversation_id: str, run_id: str, resume_after: int) -> None:
         super().__init__(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -20,17 +21,18 @@ __all__ = ["Producer", "logger", "run_producer"]
 
 logger = logging.getLogger("trio_chatruns")
 
-Producer = Callable[[ChatRun], Awaitable[object]]
-"""An async function taking the run's :class:`ChatRun` handle."""
+Producer = Callable[..., Awaitable[object]]
+"""An async function called as ``producer(run, *args)`` with the run's
+:class:`ChatRun` handle."""
 
 
-def _is_cancellation(exc: BaseException) -> bool:
-    if isinstance(exc, trio.Cancelled):
-        return True
+def _split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    """``(cancellation part, the rest)`` of an exception, either may be ``None``."""
     if isinstance(exc, BaseExceptionGroup):
-        _, rest = exc.split(trio.Cancelled)
-        return rest is None
-    return False
+        return exc.split(trio.Cancelled)
+    if isinstance(exc, trio.Cancelled):
+        return exc, None
+    return None, exc
 
 
 def _describe(exc: BaseException) -> str:
@@ -41,51 +43,75 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-async def run_producer(run: ChatRun, state: RunState, producer: Producer) -> None:
-    """Run ``producer(run)`` as the run's task and end the run by how it exits.
+async def run_producer(
+    run: ChatRun,
+    state: RunState,
+    producer: Producer,
+    args: tuple[Any, ...],
+    on_exit: Callable[[RunState], None],
+) -> None:
+    """Run ``producer(run, *args)`` as the run's task; end the run by how it exits.
 
-    - returns: ``COMPLETED`` (unless it already set a terminal status);
-    - interrupted (its cancel scope, or the registry's, was cancelled):
+    Unless the run is already terminal (the producer set a terminal status
+    itself, and that status stands):
+
+    - interrupted (:meth:`ChatRun.interrupt`, or the registry closing):
       ``CANCELLED``, after a last ``{"type": "interrupted"}`` frame; frames
-      pushed while unwinding are kept;
-    - raises an ``Exception``: ``FAILED`` with ``last_error``; logged to the
-      ``trio_chatruns`` logger and not re-raised, so the registry and the other
-      runs go on;
-    - raises another ``BaseException`` (``KeyboardInterrupt``): ``FAILED``, then
-      re-raised. Cancellation is always re-raised too: never swallowed.
+      pushed while unwinding are kept. If the producer raised while
+      unwinding, the error is logged and kept in ``last_error``;
+    - returns: ``COMPLETED``;
+    - raises: ``FAILED``, with ``last_error`` ``"Type: message"``.
+
+    Every exception other than a cancellation is logged to the
+    ``trio_chatruns`` logger. An ``Exception`` is not re-raised, so the
+    registry and the other runs go on. A ``Cancelled`` is always re-raised
+    (never swallowed), and so is any other ``BaseException``
+    (``KeyboardInterrupt``), which ends the run ``FAILED`` unless it was
+    interrupted. ``on_exit(state)`` is called when the producer has returned
+    or raised, before the run is ended.
     """
     if state.terminated_at is not None:
-        return  # interrupted before it got to run: the producer never runs
+        return  # ended before it got to run (an interrupt): never call the producer
     scope = state.cancel_scope
     assert scope is not None
     state.producer_started = True
+    state.producer_running = True
     try:
         with scope:
-            await producer(run)
-    except Exception as exc:
-        _producer_exited(state, exc)
+            await producer(run, *args)
     except BaseException as exc:
-        _producer_exited(state, exc)
-        raise
+        state.producer_running = False
+        on_exit(state)
+        cancelled, error = _split_cancelled(exc)
+        _end_run(state, interrupted=cancelled is not None, error=error)
+        if error is not None and not isinstance(error, Exception):
+            raise  # KeyboardInterrupt, SystemExit, ...: propagate as raised
+        if cancelled is exc:
+            raise
+        if cancelled is not None:
+            # An error raised while being cancelled: it is logged and recorded;
+            # the cancellation itself must still reach the scope that owns it.
+            raise cancelled from None
     else:
-        _producer_exited(state, None)
+        state.producer_running = False
+        on_exit(state)
+        _end_run(state, interrupted=False, error=None)
 
 
-def _producer_exited(state: RunState, exc: BaseException | None) -> None:
-    cancelled = exc is not None and _is_cancellation(exc)
-    if exc is not None and not cancelled:
+def _end_run(state: RunState, *, interrupted: bool, error: BaseException | None) -> None:
+    if error is not None:
         logger.error(
             "producer of run %s (conversation %r) raised",
             state.run_id,
             state.conversation_id,
-            exc_info=exc,
+            exc_info=error,
         )
     if state.terminated_at is not None:
-        return  # it had already ended the run itself
-    error = None if exc is None or cancelled else _describe(exc)
-    if state.interrupt_requested or cancelled:
-        state.end_cancelled(error=UNSET if error is None else error)
+        return  # the producer had already ended the run itself
+    description = UNSET if error is None else _describe(error)
+    if interrupted or state.interrupt_requested:
+        state.end_cancelled(error=description)
     elif error is None:
         state.mark_terminal(ChatRunStatus.COMPLETED)
     else:
-        state.update(ChatRunStatus.FAILED, error=error)
+        state.update(ChatRunStatus.FAILED, error=description)

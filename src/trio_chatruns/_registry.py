@@ -71,6 +71,9 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
         # The terminal subset of _runs, in eviction order.
         self._retention = RetentionIndex(config.terminal_retention, config.max_retained_terminal)
         self._counters = Counters()
+        # Producers still running after their run ended, so that evicting the
+        # run can cancel them (their scope's deadline covers the TTL case).
+        self._finishing: dict[RunState, trio.CancelScope] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -97,24 +100,35 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
         Returns how many runs were evicted. O(evicted); no checkpoint.
         """
         evicted = 0
-        runs = self._runs
         counters = self._counters
         for state in self._retention.pop_expired(trio.current_time()):
-            del runs[state.conversation_id]
+            self._forget(state)
             counters.evicted_ttl += 1
             evicted += 1
         for state in self._retention.pop_over_cap():
-            del runs[state.conversation_id]
+            self._forget(state)
             counters.evicted_lru += 1
             evicted += 1
         return evicted
 
-    def _on_terminal(self, state: RunState) -> None:
+    def _forget(self, state: RunState) -> None:
+        """Drop an evicted run, and cancel its producer if it is still finishing."""
+        del self._runs[state.conversation_id]
+        scope = self._finishing.pop(state, None)
+        if scope is not None:
+            scope.cancel()
+
+    def _on_terminal(self, state: RunState, finishing: trio.CancelScope | None) -> None:
         # Called by RunState.mark_terminal, once per run. Only a current run
         # can become terminal (a run is replaced only once it is terminal).
+        if finishing is not None:
+            self._finishing[state] = finishing
         if self._runs.get(state.conversation_id) is state:
             self._retention.add(state)
             self._sweep()
+
+    def _on_producer_exit(self, state: RunState) -> None:
+        self._finishing.pop(state, None)
 
     def _lookup(self, conversation_id: object) -> RunState | None:
         """The current run, or ``None``; a terminal one past retention is evicted first."""
@@ -132,17 +146,19 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
 
     # -- mutations -------------------------------------------------------------
 
-    def try_start(self, conversation_id: str, producer: Producer) -> ChatRun:
-        """Start a run: ``producer(run)`` as a task in the registry's nursery.
+    def try_start(self, conversation_id: str, producer: Producer, *args: Any) -> ChatRun:
+        """Start a run: ``producer(run, *args)`` as a task in the registry's nursery.
 
-        Synchronous and atomic. Sweeps due terminal runs first. A retained
-        terminal run of the same conversation is replaced (not counted as an
-        eviction); its producer task may still be finishing, but it can no
-        longer push. The producer task starts at the next scheduling round.
+        Synchronous and atomic. Sweeps due terminal runs. A retained terminal
+        run of the same conversation is replaced (not counted as an eviction);
+        its producer task may still be finishing, but it can no longer push.
+        The producer task starts at the next scheduling round.
 
         Args:
             conversation_id (str): non-empty.
-            producer: an async function ``async def producer(run: ChatRun)``.
+            producer: an async function ``async def producer(run: ChatRun, *args)``.
+            *args: extra positional arguments for ``producer``, as with
+                ``nursery.start_soon``.
 
         Returns:
             ChatRun: the new run's handle (the same one the producer gets),
@@ -154,18 +170,18 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
             RunAlreadyActive: the conversation has an active run.
             RuntimeError: the registry is closed.
 
-        On any of these, nothing changes.
+        On any of these, nothing changes (not even a sweep).
         """
         check_conversation_id(conversation_id)
         if not _is_async_callable(producer):
             raise TypeError(f"producer must be an async function, not {producer!r}")
         if self._closed:
             raise RuntimeError(f"registry is closed; cannot start a run for {conversation_id!r}")
-        self._sweep()
         previous = self._runs.get(conversation_id)
-        if previous is not None:
-            if previous.terminated_at is None:
-                raise RunAlreadyActive(conversation_id, previous.run_id)
+        if previous is not None and previous.terminated_at is None:
+            raise RunAlreadyActive(conversation_id, previous.run_id)
+        self._sweep()
+        if self._runs.pop(conversation_id, None) is not None:
             self._retention.discard(conversation_id)
         state = RunState(
             conversation_id, uuid.uuid4().hex, self._config, self._counters, self._on_terminal
@@ -173,7 +189,13 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
         run = ChatRun._create(state)
         self._runs[conversation_id] = state
         self._nursery.start_soon(
-            run_producer, run, state, producer, name=f"trio_chatruns producer {conversation_id!r}"
+            run_producer,
+            run,
+            state,
+            producer,
+            args,
+            self._on_producer_exit,
+            name=f"trio_chatruns producer {conversation_id!r}",
         )
         return run
 
@@ -231,13 +253,20 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
 
     def get(self, conversation_id: str) -> ChatRunRecord | None:
         """A snapshot of the conversation's current run, or ``None``."""
+        check_conversation_id(conversation_id)
         self._sweep()
-        state = self._runs.get(check_conversation_id(conversation_id))
+        state = self._runs.get(conversation_id)
         return None if state is None else state.snapshot()
 
     def list(self, *, active_only: bool = False) -> builtins.list[ChatRunRecord]:
         """Snapshots of every run held (only active ones if ``active_only``),
-        newest ``updated_at`` first."""
+        newest ``updated_at`` first.
+
+        Raises:
+            TypeError: ``active_only`` is not a ``bool``.
+        """
+        if not isinstance(active_only, bool):
+            raise TypeError(f"active_only must be a bool, not {active_only!r}")
         self._sweep()
         states = self._runs.values()
         records = [

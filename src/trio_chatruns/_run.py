@@ -50,6 +50,7 @@ class RunState:
         "last_error",
         "latest_seq",
         "on_terminal",
+        "producer_running",
         "producer_started",
         "run_id",
         "started_at",
@@ -64,7 +65,7 @@ class RunState:
         run_id: str,
         config: RegistryConfig,
         counters: Counters,
-        on_terminal: Callable[[RunState], None],
+        on_terminal: Callable[[RunState, trio.CancelScope | None], None],
     ) -> None:
         now = trio.current_time()
         self.conversation_id = conversation_id
@@ -72,7 +73,7 @@ class RunState:
         self.config = config
         self.counters = counters
         # Called once, by mark_terminal, so the registry can index the run for
-        # retention and sweep.
+        # retention and sweep; gets the producer's scope if it is still running.
         self.on_terminal = on_terminal
         self.status = ChatRunStatus.RUNNING
         self.started_at = now
@@ -88,6 +89,7 @@ class RunState:
         # finished run holds no reference to its task's scope.
         self.cancel_scope: trio.CancelScope | None = trio.CancelScope()
         self.producer_started = False
+        self.producer_running = False
         self.interrupt_requested = False
         self.ended = trio.Event()
 
@@ -185,6 +187,12 @@ class RunState:
         and hands the run to the registry for retention and a sweep. Exactly
         once: every later call, from whichever path, returns ``False`` and
         changes nothing.
+
+        A producer still running after this (it set the terminal status itself
+        and goes on, say to save a transcript) may run as long as the run is
+        retained: its scope gets the deadline ``terminated_at +
+        terminal_retention``, and the registry cancels it if the run is evicted
+        earlier.
         """
         if self.terminated_at is not None:
             return False
@@ -192,10 +200,13 @@ class RunState:
         self.status = status
         self.terminated_at = now
         self.updated_at = now
-        self.cancel_scope = None
+        scope, self.cancel_scope = self.cancel_scope, None
+        finishing = scope if self.producer_running else None
+        if finishing is not None:
+            finishing.deadline = now + self.config.terminal_retention
         self.fanout.close()
         self.ended.set()
-        self.on_terminal(self)
+        self.on_terminal(self, finishing)
         return True
 
     def interrupt(self) -> bool:

@@ -35,12 +35,12 @@ class ChatRunSubscription(metaclass=NoPublicConstructor):
     last seq it yielded.
 
     Checkpoints: ``__anext__`` returns an event that is already available
-    (replayed or queued) without a checkpoint, and checkpoints only when it
-    has to wait for the producer. A drain of queued events therefore costs no
-    scheduling round each (an ``async for`` over a bare memory channel, which
-    checkpoints per item, runs about ten times slower); it also means a
-    cancellation is noticed at the next wait, at most
-    ``subscriber_buffer + max_events_per_run`` events later.
+    (replayed or queued) without a checkpoint; it checkpoints when it has to
+    wait for the producer, and at the end of the iteration (normal or lagged).
+    A drain of queued events therefore costs no scheduling round per event (an
+    ``async for`` over a bare memory channel, which checkpoints per item, runs
+    about ten times slower); it also means a cancellation is noticed at the
+    next wait, at most ``subscriber_buffer + max_events_per_run`` events later.
 
     Attributes:
         conversation_id (str), run_id (str): the run followed. A subscription
@@ -118,18 +118,21 @@ class ChatRunSubscription(metaclass=NoPublicConstructor):
             return event
         receive = self._receive
         if receive is None:
-            raise StopAsyncIteration
+            await self._end()
         try:
             try:
                 event = receive.receive_nowait()
             except trio.WouldBlock:
                 event = await receive.receive()
         except trio.EndOfChannel:
-            self._end_of_channel()
+            await self._end()
         self.last_seq = event.seq
         return event
 
-    def _end_of_channel(self) -> NoReturn:
+    async def _end(self) -> NoReturn:
+        # The end is a checkpoint, so that even a loop that keeps
+        # resubscribing to a finished run yields to other tasks.
+        await trio.lowlevel.checkpoint()
         subscriber = self._subscriber
         if subscriber is not None and subscriber.lagged:
             raise SubscriberLagged(self.conversation_id, self.run_id, self.last_seq)
