@@ -1,0 +1,179 @@
+"""``trio-chatruns`` — the command line.
+
+``trio-chatruns serve`` runs the chat server on embedded defaults (the
+scripted model, ``127.0.0.1:8000``). ``--producer openai`` streams from an
+OpenAI-compatible endpoint; ``--producer module:function`` runs your own
+model. ``trio-chatruns serve --help`` lists every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from .. import MAX_EVENTS_PER_RUN, MAX_RETAINED_TERMINAL, TERMINAL_RETENTION, RegistryConfig
+from .config import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+from .producers import ChatModel, OpenAIChatModel, ScriptedModel, load_model
+from .runner import RunningServer, serve
+
+__all__ = ["build_model", "main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``trio-chatruns``."""
+    root = argparse.ArgumentParser(prog="trio-chatruns", description=__doc__.split("\n\n")[0])
+    commands = root.add_subparsers(dest="command", required=True)
+    p = commands.add_parser(
+        "serve",
+        help="run the chat server (HTTP API, SSE/WebSocket streams, browser page)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default=DEFAULT_HOST, help="interface to bind")
+    net.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free)")
+    net.add_argument(
+        "--graceful-timeout", type=float, default=5.0, help="seconds to drain on shutdown"
+    )
+
+    reg = p.add_argument_group("retention")
+    reg.add_argument(
+        "--retention",
+        type=float,
+        default=TERMINAL_RETENTION,
+        help="seconds a finished run is kept for late reconnects",
+    )
+    reg.add_argument(
+        "--max-retained",
+        type=int,
+        default=MAX_RETAINED_TERMINAL,
+        help="finished runs kept at most (oldest evicted first)",
+    )
+    reg.add_argument(
+        "--max-events",
+        type=int,
+        default=MAX_EVENTS_PER_RUN,
+        help="frames buffered per run for replay",
+    )
+    reg.add_argument(
+        "--subscriber-buffer",
+        type=int,
+        default=256,
+        help="live frames queued per stream before it is dropped as lagging",
+    )
+
+    caps = p.add_argument_group("caps")
+    caps.add_argument(
+        "--max-active-runs", type=int, default=64, help="active runs at once (429 past it)"
+    )
+    caps.add_argument(
+        "--max-subscribers", type=int, default=32, help="open streams per run (429 past it)"
+    )
+    caps.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="request body limit")
+    caps.add_argument("--heartbeat", type=float, default=15.0, help="SSE heartbeat, seconds")
+
+    model = p.add_argument_group("model")
+    model.add_argument(
+        "--producer",
+        default="scripted",
+        help="'scripted' (embedded, no network), 'openai', or 'module:function'",
+    )
+    model.add_argument(
+        "--model", default=None, help="model name for --producer openai (required there)"
+    )
+    model.add_argument(
+        "--base-url", default="https://api.openai.com/v1", help="OpenAI-compatible API root (…/v1)"
+    )
+    model.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the API key (unset: no auth header)",
+    )
+    model.add_argument(
+        "--system-prompt", default=None, help="system message for the openai producer"
+    )
+    model.add_argument("--tokens-per-second", type=float, default=30.0, help="scripted model rate")
+    p.add_argument("--log-level", default="INFO", help="logging level")
+    return root
+
+
+def build_model(args: argparse.Namespace) -> ChatModel:
+    """The chat model selected by ``--producer`` and its options.
+
+    Raises:
+        ValueError: an unknown producer, or a bad ``module:function``.
+        ImportError: the named module cannot be imported.
+    """
+    if args.producer == "scripted":
+        return ScriptedModel(tokens_per_second=args.tokens_per_second)
+    if args.producer == "openai":
+        if not args.model:
+            raise ValueError("--producer openai needs --model NAME")
+        return OpenAIChatModel(
+            base_url=args.base_url,
+            model=args.model,
+            api_key=os.environ.get(args.api_key_env) or None,
+            system_prompt=args.system_prompt,
+        )
+    if ":" in args.producer:
+        return load_model(args.producer)
+    raise ValueError(f"unknown producer {args.producer!r}: use scripted, openai or module:function")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``trio-chatruns``; returns the exit status."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        model = build_model(args)
+        settings = ServerSettings(
+            host=args.host,
+            port=args.port,
+            max_body_bytes=args.max_body_bytes,
+            max_active_runs=args.max_active_runs,
+            max_subscribers_per_run=args.max_subscribers,
+            heartbeat_interval=args.heartbeat,
+            graceful_timeout=args.graceful_timeout,
+        )
+        registry_config = RegistryConfig(
+            max_events_per_run=args.max_events,
+            terminal_retention=args.retention,
+            max_retained_terminal=args.max_retained,
+            subscriber_buffer=args.subscriber_buffer,
+        )
+    except (ValueError, TypeError, ImportError, AttributeError) as exc:
+        print(f"trio-chatruns: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_main, model, settings, registry_config)
+    except OSError as exc:
+        print(f"trio-chatruns: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _main(
+    model: ChatModel, settings: ServerSettings, registry_config: RegistryConfig
+) -> None:
+    async with trio.open_nursery() as nursery:
+        running: RunningServer = await nursery.start(
+            partial(serve, model, settings, registry_config)
+        )
+        print(
+            f"trio-chatruns: serving on {running.url} — open it in a browser; Ctrl+C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Server settings and request limits.
+
+:class:`ServerSettings` is one frozen attrs record holding everything the
+server needs besides the registry: where to bind, the request limits, the
+stream timings and which producer to run. Every field has a default, so
+``ServerSettings()`` is the embedded configuration ``trio-chatruns serve`` uses.
+Values out of range raise ``ValueError``/``TypeError`` at construction.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+from attrs import validators as v
+
+__all__ = [
+    "CONVERSATION_ID_PATTERN",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ServerSettings",
+    "valid_conversation_id",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+"""Loopback only: exposing the server is a deliberate choice (``--host 0.0.0.0``)."""
+DEFAULT_PORT = 8000
+
+CONVERSATION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+"""What a conversation id in a URL may be: 1 to 128 of ``[A-Za-z0-9._:-]``."""
+
+
+def valid_conversation_id(value: str) -> bool:
+    """Return ``True`` if ``value`` is an acceptable conversation id."""
+    return CONVERSATION_ID_PATTERN.fullmatch(value) is not None
+
+
+_pos_int: Any = [v.instance_of(int), v.ge(1)]
+_pos_float: Any = [v.instance_of((int, float)), v.gt(0)]
+
+
+@attrs.frozen(kw_only=True)
+class ServerSettings:
+    """Configuration of the HTTP layer (the registry has its own ``RegistryConfig``).
+
+    Attributes:
+        host (str): interface to bind; default ``127.0.0.1``.
+        port (int): TCP port; ``0`` picks a free one (tests).
+        max_body_bytes (int): largest request body accepted, bytes (413 past it).
+        max_prompt_chars (int): longest prompt accepted, characters (400 past it).
+        max_active_runs (int): active runs across all conversations (429 past it).
+        max_subscribers_per_run (int): open SSE/WebSocket streams per run
+            (429 past it).
+        heartbeat_interval (float): seconds of silence after which an SSE stream
+            sends a ``: ping`` comment so proxies keep it open.
+        sse_retry_ms (int): the ``retry:`` reconnection delay sent to
+            EventSource clients, milliseconds.
+        websocket_ping_interval (float | None): seconds between WebSocket
+            protocol pings sent by hypercorn (``None``, the default: none). Off
+            by default because hypercorn 0.18's ping task outlives a closed
+            connection by up to one interval, which holds a graceful shutdown
+            until its timeout; WebSocket streams send ``{"type": "ping"}``
+            messages every ``heartbeat_interval`` of silence instead.
+        graceful_timeout (float): seconds hypercorn waits for open connections
+            to finish after shutdown starts, before cancelling them.
+    """
+
+    host: str = attrs.field(default=DEFAULT_HOST, validator=v.instance_of(str))
+    port: int = attrs.field(
+        default=DEFAULT_PORT, validator=[v.instance_of(int), v.ge(0), v.le(65535)]
+    )
+    max_body_bytes: int = attrs.field(default=64 * 1024, validator=_pos_int)
+    max_prompt_chars: int = attrs.field(default=32 * 1024, validator=_pos_int)
+    max_active_runs: int = attrs.field(default=64, validator=_pos_int)
+    max_subscribers_per_run: int = attrs.field(default=32, validator=_pos_int)
+    heartbeat_interval: float = attrs.field(default=15.0, validator=_pos_float)
+    sse_retry_ms: int = attrs.field(default=1000, validator=_pos_int)
+    websocket_ping_interval: float | None = attrs.field(
+        default=None, validator=v.optional(_pos_float)
+    )
+    graceful_timeout: float = attrs.field(default=5.0, validator=_pos_float)

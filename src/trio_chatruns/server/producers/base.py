@@ -1,0 +1,98 @@
+"""The chat-model interface, the frame vocabulary, and loading a model by name.
+
+Frames the included models push (all JSON objects with a ``type``):
+
+=================  =========================================================
+``status``         ``{"status", "current_tool"}`` — the run's status changed
+``token``          ``{"text"}`` — the next piece of the reply
+``tool_call``      ``{"id", "name", "arguments"}`` — a complete tool call
+``tool_call_delta`` ``{"index", "id", "name", "arguments_delta"}`` — streamed
+``tool_result``    ``{"id", "name", "content"}`` — a tool's answer
+``done``           ``{"finish_reason"}`` — terminal, status ``completed``
+``error``          ``{"message"}`` — terminal, status ``failed``
+``interrupted``    pushed by the registry when a run is interrupted
+=================  =========================================================
+
+The reply text is the concatenation of the ``token`` frames' ``text``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+if TYPE_CHECKING:
+    from trio_chatruns import ChatRun
+
+__all__ = ["ChatModel", "ChatRequest", "load_model", "make_producer"]
+
+
+@attrs.frozen
+class ChatRequest:
+    """What a client asked for: one user turn.
+
+    Attributes:
+        conversation_id (str): the conversation the turn belongs to.
+        prompt (str): the user's message.
+    """
+
+    conversation_id: str
+    prompt: str
+
+
+class ChatModel(Protocol):
+    """An async callable that produces the reply to ``request`` into ``run``.
+
+    Returning ends the run ``completed`` (unless the model pushed a terminal
+    status itself); raising ends it ``failed``. It must let ``trio.Cancelled``
+    propagate: that is how an interrupt or a shutdown stops it.
+    """
+
+    def __call__(self, run: ChatRun, request: ChatRequest) -> Awaitable[None]: ...
+
+
+def make_producer(model: ChatModel, request: ChatRequest) -> Callable[[ChatRun], Awaitable[None]]:
+    """Bind ``model`` to ``request``: return the ``producer(run)`` the registry runs."""
+
+    async def producer(run: ChatRun) -> None:
+        await model(run, request)
+
+    producer.__qualname__ = f"producer[{type(model).__name__}]"
+    return producer
+
+
+def _is_async_callable(obj: Any) -> bool:
+    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(
+        getattr(obj, "__call__", None)  # noqa: B004 - instances with async __call__
+    )
+
+
+def load_model(spec: str) -> ChatModel:
+    """Import a user model named ``"package.module:attribute"``.
+
+    The attribute (dotted paths allowed after the colon) must be an async
+    callable ``(run, request)``, or a zero-argument class/factory returning one.
+
+    Raises:
+        ValueError: ``spec`` has no ``:`` or names something that is neither.
+        ImportError / AttributeError: the module or attribute does not exist.
+    """
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ValueError(f"producer spec must be 'module:function', got {spec!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr_path.split("."):
+        obj = getattr(obj, part)
+    if _is_async_callable(obj) and not inspect.isclass(obj):
+        return obj  # type: ignore[no-any-return]
+    if callable(obj):
+        made = obj()
+        if _is_async_callable(made):
+            return made  # type: ignore[no-any-return]
+    raise ValueError(
+        f"{spec!r} is not an async callable (run, request), nor a factory returning one"
+    )

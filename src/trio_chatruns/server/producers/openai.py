@@ -1,0 +1,235 @@
+"""A real model: any OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+Streams with ``"stream": true`` over httpx (which runs on Trio through anyio)
+and turns the server-sent chunks into frames:
+
+- ``choices[0].delta.content`` → ``token`` frames;
+- ``choices[0].delta.tool_calls`` → ``tool_call_delta`` frames, with
+  ``current_tool`` set to the function's name; when the choice finishes, one
+  ``tool_call`` frame per call with the assembled arguments, and
+  ``current_tool`` cleared;
+- ``data: [DONE]`` → a ``done`` frame, status ``completed``.
+
+Anything the endpoint gets wrong — a non-2xx status, an ``error`` object in
+the stream, malformed JSON, a transport error, a stream that stops before
+``[DONE]`` — ends the run ``failed`` with an ``error`` frame and
+``last_error`` set to the message. Cancellation (an interrupt, a shutdown)
+closes the HTTP stream and propagates.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+from attrs import validators as v
+
+from ... import ChatRunStatus
+
+if TYPE_CHECKING:
+    from trio_chatruns import ChatRun
+
+    from .base import ChatRequest
+
+__all__ = ["EndpointError", "OpenAIChatModel"]
+
+
+class EndpointError(Exception):
+    """The chat-completions endpoint answered with something unusable."""
+
+
+@attrs.frozen(kw_only=True)
+class OpenAIChatModel:
+    """Streams replies from an OpenAI-compatible chat-completions endpoint.
+
+    Attributes:
+        base_url (str): the API root, e.g. ``https://api.openai.com/v1`` or
+            ``http://127.0.0.1:11434/v1``; ``/chat/completions`` is appended.
+        model (str): the model name sent in the request.
+        api_key (str | None): sent as ``Authorization: Bearer``; ``None`` sends
+            no header (local servers).
+        system_prompt (str | None): an optional system message.
+        timeout (float): seconds allowed to connect and between received bytes.
+        extra_body (dict): more request fields (``temperature``, ``tools``...).
+    """
+
+    base_url: str = attrs.field(validator=v.instance_of(str))
+    model: str = attrs.field(validator=v.instance_of(str))
+    api_key: str | None = attrs.field(default=None, repr=False)
+    system_prompt: str | None = None
+    timeout: float = attrs.field(default=60.0, validator=[v.instance_of((int, float)), v.gt(0)])
+    extra_body: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The full ``.../chat/completions`` URL requested."""
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body sent for ``request``."""
+        messages: list[dict[str, str]] = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": self.system_prompt})
+        messages.append({"role": "user", "content": request.prompt})
+        return {**self.extra_body, "model": self.model, "messages": messages, "stream": True}
+
+    async def __call__(self, run: ChatRun, request: ChatRequest) -> None:
+        """Stream the endpoint's reply into ``run``; see the module docstring."""
+        import httpx
+
+        try:
+            await self._stream(httpx, run, request)
+        except (httpx.HTTPError, EndpointError) as exc:
+            message = str(exc) or type(exc).__name__
+            if isinstance(exc, httpx.HTTPError):
+                message = f"{type(exc).__name__}: {message}"
+            run.push_frame(
+                {"type": "error", "message": message}, status=ChatRunStatus.FAILED, error=message
+            )
+
+    async def _stream(self, httpx: Any, run: ChatRun, request: ChatRequest) -> None:
+        headers = {"Accept": "text/event-stream"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        calls: dict[int, dict[str, Any]] = {}
+        finish_reason: str | None = None
+        run.push_frame(
+            {"type": "status", "status": "running", "current_tool": None},
+            status=ChatRunStatus.RUNNING,
+        )
+        async with (
+            httpx.AsyncClient(timeout=self.timeout) as client,
+            client.stream(
+                "POST", self.url, json=self.request_body(request), headers=headers
+            ) as response,
+        ):
+            if response.status_code >= 400:
+                body = (await response.aread()).decode("utf-8", "replace")
+                raise EndpointError(
+                    f"endpoint returned HTTP {response.status_code}: {_error_text(body)}"
+                )
+            # Leave the stream by cancelling this scope, never by break/return/raise
+            # inside the loop: the Cancelled then runs through httpx's chain of
+            # async generators and finishes each one, instead of leaving them to
+            # the garbage collector (a ResourceWarning under Trio).
+            error: EndpointError | None = None
+            done = False
+            with trio.CancelScope() as reading:
+                async for line in response.aiter_lines():
+                    if done or error is not None or not line.startswith("data:"):
+                        continue  # after the end; blank separators, comments, other fields
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        done = True
+                        reading.cancel()
+                        continue
+                    try:
+                        finish_reason = (
+                            self._handle_chunk(run, _parse_chunk(payload), calls) or finish_reason
+                        )
+                    except EndpointError as exc:
+                        error = exc
+                        reading.cancel()
+        if error is not None:
+            raise error
+        if not done:
+            raise EndpointError("the endpoint closed the stream before [DONE]")
+        self._finish_calls(run, calls)
+        run.push_frame(
+            {"type": "done", "finish_reason": finish_reason or "stop"},
+            status=ChatRunStatus.COMPLETED,
+            current_tool=None,
+        )
+
+    def _handle_chunk(
+        self, run: ChatRun, chunk: dict[str, Any], calls: dict[int, dict[str, Any]]
+    ) -> str | None:
+        choices = chunk.get("choices") or []
+        if not choices:
+            return None  # e.g. a final usage-only chunk
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if content:
+            run.push_frame({"type": "token", "text": content})
+        for call_delta in delta.get("tool_calls") or []:
+            index = int(call_delta.get("index", 0))
+            call = calls.setdefault(index, {"id": None, "name": None, "arguments": ""})
+            function = call_delta.get("function") or {}
+            if call_delta.get("id"):
+                call["id"] = call_delta["id"]
+            new_name = function.get("name")
+            if new_name:
+                call["name"] = new_name
+            arguments_delta = function.get("arguments") or ""
+            call["arguments"] += arguments_delta
+            frame = {
+                "type": "tool_call_delta",
+                "index": index,
+                "id": call["id"],
+                "name": call["name"],
+                "arguments_delta": arguments_delta,
+            }
+            if new_name:
+                run.push_frame(frame, current_tool=new_name)
+            else:
+                run.push_frame(frame)
+        reason = choice.get("finish_reason")
+        if reason:
+            self._finish_calls(run, calls)
+        return reason  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _finish_calls(run: ChatRun, calls: dict[int, dict[str, Any]]) -> None:
+        for index in sorted(calls):
+            call = calls[index]
+            try:
+                arguments: Any = json.loads(call["arguments"]) if call["arguments"] else {}
+            except ValueError:
+                arguments = call["arguments"]  # keep what the model produced
+            run.push_frame(
+                {
+                    "type": "tool_call",
+                    "id": call["id"],
+                    "name": call["name"],
+                    "arguments": arguments,
+                },
+                current_tool=None,
+            )
+        calls.clear()
+
+
+def _parse_chunk(payload: str) -> dict[str, Any]:
+    """Decode one ``data:`` payload; an ``error`` object raises.
+
+    Raises:
+        EndpointError: malformed JSON, not an object, or an error object.
+    """
+    try:
+        chunk = json.loads(payload)
+    except ValueError:
+        raise EndpointError(f"malformed chunk from endpoint: {payload[:200]!r}") from None
+    if not isinstance(chunk, dict):
+        raise EndpointError(f"unexpected chunk from endpoint: {payload[:200]!r}")
+    if chunk.get("error"):
+        raise EndpointError(f"endpoint error: {_error_text(chunk)}")
+    return chunk
+
+
+def _error_text(body: Any) -> str:
+    """The ``error.message`` of an OpenAI-style error body, else the body, trimmed."""
+    data = body
+    if isinstance(body, str):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return body.strip()[:500] or "(empty body)"
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:500]
+        if isinstance(error, str):
+            return error[:500]
+    return json.dumps(data)[:500]

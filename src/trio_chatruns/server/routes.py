@@ -1,0 +1,207 @@
+"""The JSON HTTP API: start, list, read, replay and interrupt runs.
+
+Every error is ``{"error": "<message>"}`` with its status; see
+``docs/server.md`` for the table. The handlers are thin: validation, one
+synchronous registry call, a JSON answer. The streaming routes live in
+:mod:`trio_chatruns.server.streams`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import RunAlreadyActive
+from .config import valid_conversation_id
+from .producers import ChatRequest, make_producer
+from .sse import event_to_json, record_to_json
+from .sse_stream import SSEStream
+from .streams import cursor_from_request
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from .app import ChatServer
+
+__all__ = ["ApiError", "api_routes", "error_handlers"]
+
+
+class ApiError(Exception):
+    """Answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _server(request: Request) -> ChatServer:
+    return request.app.state.chat_server  # type: ignore[no-any-return]
+
+
+def _conversation_id(request: Request) -> str:
+    conversation_id: str = request.path_params["conversation_id"]
+    if not valid_conversation_id(conversation_id):
+        raise ApiError(400, "invalid conversation id: 1-128 characters of [A-Za-z0-9._:-]")
+    return conversation_id
+
+
+def _after(request: Request) -> int:
+    text = request.query_params.get("after", "0") or "0"
+    if not text.isdigit():
+        raise ApiError(400, f"after must be a non-negative integer, not {text!r}")
+    return int(text)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "invalid Content-Length")
+        if int(declared) > limit:
+            raise ApiError(413, f"request body larger than {limit} bytes")
+    body = bytearray()
+    # aclosing: leaving early must finalize Starlette's generator now, in this
+    # task, not whenever the garbage collector gets to it.
+    async with contextlib.aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"request body larger than {limit} bytes")
+    return bytes(body)
+
+
+async def start_run(request: Request) -> Response:
+    """``POST /v1/chat/runs/{conversation_id}`` with ``{"prompt": str}`` → 202."""
+    server = _server(request)
+    conversation_id = _conversation_id(request)
+    body = await _read_body(request, server.settings.max_body_bytes)
+    try:
+        payload: Any = json.loads(body)
+    except ValueError:
+        raise ApiError(400, 'body must be JSON: {"prompt": "..."}') from None
+    prompt = payload.get("prompt") if isinstance(payload, dict) else None
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError(400, 'body must be a JSON object with a non-empty string "prompt"')
+    if len(prompt) > server.settings.max_prompt_chars:
+        raise ApiError(400, f"prompt longer than {server.settings.max_prompt_chars} characters")
+    # No checkpoint from here on: the checks and the start are one atomic step.
+    if server.closing:
+        raise ApiError(503, "server is shutting down")
+    registry = server.registry
+    current = registry.get(conversation_id)
+    if current is not None and current.status.is_active:
+        raise ApiError(409, f"conversation {conversation_id!r} already has an active run")
+    if registry.stats().active >= server.settings.max_active_runs:
+        raise ApiError(429, "too many active runs; try again later")
+    producer = make_producer(server.model, ChatRequest(conversation_id, prompt))
+    try:
+        run = registry.try_start(conversation_id, producer)
+    except RunAlreadyActive:
+        raise ApiError(409, f"conversation {conversation_id!r} already has an active run") from None
+    except RuntimeError:
+        raise ApiError(503, "server is shutting down") from None
+    return JSONResponse({"run_id": run.run_id, "conversation_id": conversation_id}, status_code=202)
+
+
+async def list_runs(request: Request) -> Response:
+    """``GET /v1/chat/runs?active=true|false`` → ``{"runs": [record...]}``, newest first."""
+    active = request.query_params.get("active", "false").lower()
+    if active not in ("true", "false", "1", "0"):
+        raise ApiError(400, "active must be true or false")
+    records = _server(request).registry.list(active_only=active in ("true", "1"))
+    return JSONResponse({"runs": [record_to_json(r) for r in records]})
+
+
+async def get_run(request: Request) -> Response:
+    """``GET /v1/chat/runs/{conversation_id}`` → the record, or 404."""
+    conversation_id = _conversation_id(request)
+    record = _server(request).registry.get(conversation_id)
+    if record is None:
+        raise ApiError(404, f"no run for conversation {conversation_id!r}")
+    return JSONResponse(record_to_json(record))
+
+
+async def run_events(request: Request) -> Response:
+    """``GET .../events?after=N`` → ``{"run_id", "latest_seq", "events": [...]}``, or 404."""
+    conversation_id = _conversation_id(request)
+    after = _after(request)
+    registry = _server(request).registry
+    record = registry.get(conversation_id)
+    if record is None:
+        raise ApiError(404, f"no run for conversation {conversation_id!r}")
+    events = registry.events(conversation_id, after=after)
+    return JSONResponse(
+        {
+            "run_id": record.run_id,
+            "status": record.status.value,
+            "latest_seq": record.latest_seq,
+            "events": [event_to_json(e) for e in events],
+        }
+    )
+
+
+async def stream_run(request: Request) -> Response | SSEStream:
+    """``GET .../stream``: Server-Sent Events; see :class:`SSEStream`."""
+    try:
+        cursor, resumed = cursor_from_request(request.headers, request.query_params)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return SSEStream(_server(request), request.path_params["conversation_id"], cursor, resumed)
+
+
+async def interrupt_run(request: Request) -> Response:
+    """``POST .../interrupt`` → 200 ``{"interrupted": true, "run_id"}``, or 404."""
+    conversation_id = _conversation_id(request)
+    registry = _server(request).registry
+    record = registry.get(conversation_id)
+    if record is None or not registry.interrupt(conversation_id):
+        raise ApiError(404, f"no active run for conversation {conversation_id!r}")
+    return JSONResponse({"interrupted": True, "run_id": record.run_id})
+
+
+async def server_stats(request: Request) -> Response:
+    """``GET /v1/stats`` → the registry's and the HTTP layer's counters."""
+    import attrs
+
+    server = _server(request)
+    return JSONResponse(
+        {
+            "registry": attrs.asdict(server.registry.stats()),
+            "server": attrs.asdict(server.stats()),
+        }
+    )
+
+
+def api_routes() -> list[Route]:
+    """The JSON and SSE routes (the WebSocket route is added by the app)."""
+    prefix = "/v1/chat/runs"
+    return [
+        Route("/v1/stats", server_stats, methods=["GET"]),
+        Route(prefix, list_runs, methods=["GET"]),
+        Route(prefix + "/{conversation_id}", start_run, methods=["POST"]),
+        Route(prefix + "/{conversation_id}", get_run, methods=["GET"]),
+        Route(prefix + "/{conversation_id}/events", run_events, methods=["GET"]),
+        Route(prefix + "/{conversation_id}/stream", stream_run, methods=["GET"]),
+        Route(prefix + "/{conversation_id}/interrupt", interrupt_run, methods=["POST"]),
+    ]
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def error_handlers() -> dict[Any, Any]:
+    """Starlette exception handlers turning every error into JSON."""
+    return {ApiError: _api_error, HTTPException: _http_error}

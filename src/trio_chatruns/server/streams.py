@@ -1,0 +1,166 @@
+"""Resumable streams of a run: what SSE and WebSocket have in common.
+
+Both transports (:mod:`.sse_stream`, :mod:`.ws_stream`) resolve the client's
+cursor with :func:`resolve_stream` and then run one loop, :func:`pump`, over
+``registry.subscribe``:
+
+- replay from the client's cursor, then live events, each sent with its
+  ``<run_id>:<seq>`` cursor;
+- a cursor whose frames were trimmed gets a *gap* message naming the missing
+  range, then continues from the oldest buffered frame;
+- when the run is terminal and every frame was sent, an *end* message with the
+  final record, then the stream closes;
+- a client that reads too slowly is dropped (``SubscriberLagged``): it is told
+  where to resume, and the stream closes so it reconnects.
+
+Every stream ends on its own when its run ends, including when the registry
+closes or the server shuts down: there is no asyncio-only drain watcher to
+rely on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from .. import ChatRunEvent, ChatRunRecord, ReplayGap, RunNotFound, SubscriberLagged
+from .config import valid_conversation_id
+from .sse import Cursor, parse_cursor
+
+if TYPE_CHECKING:
+    from .app import ChatServer
+
+__all__ = [
+    "StreamPlan",
+    "StreamRefusal",
+    "StreamSink",
+    "cursor_from_request",
+    "pump",
+    "resolve_stream",
+]
+
+
+@attrs.frozen
+class StreamPlan:
+    """A stream the server agreed to open.
+
+    Attributes:
+        conversation_id (str); run_id (str): the run followed (pinned: the
+            stream never follows into a restarted run).
+        after (int): the cursor to replay from.
+        record (ChatRunRecord): the run as it was when the stream was accepted.
+        resumed (bool): the client sent a cursor (a reconnect).
+    """
+
+    conversation_id: str
+    run_id: str
+    after: int
+    record: ChatRunRecord
+    resumed: bool
+
+
+@attrs.frozen
+class StreamRefusal:
+    """Why a stream is not opened: an HTTP status and a message.
+
+    ``status == 204`` means "that run is over and you have all of it" (or it is
+    no longer held); ``record`` is then its final record when still known.
+    """
+
+    status: int
+    message: str
+    record: ChatRunRecord | None = None
+
+
+def cursor_from_request(headers: Any, query: Any) -> tuple[Cursor, bool]:
+    """Read the client's cursor: ``Last-Event-ID`` first, else ``?after=&run_id=``.
+
+    Returns ``(cursor, resumed)``; ``resumed`` is ``True`` when the client sent
+    any cursor at all.
+
+    Raises:
+        ValueError: a malformed header, or ``after`` not a non-negative integer.
+    """
+    last_event_id = headers.get("last-event-id")
+    if last_event_id:
+        return parse_cursor(last_event_id), True
+    after_text = query.get("after")
+    run_id = query.get("run_id") or None
+    after = 0
+    if after_text not in (None, ""):
+        if not after_text.isdigit():
+            raise ValueError(f"after must be a non-negative integer, not {after_text!r}")
+        after = int(after_text)
+    return Cursor(run_id=run_id, after=after), bool(after or run_id)
+
+
+def resolve_stream(
+    server: ChatServer, conversation_id: str, cursor: Cursor, resumed: bool
+) -> StreamPlan | StreamRefusal:
+    """Decide whether (and from where) to stream ``conversation_id`` to a client.
+
+    Synchronous: no checkpoint, so the answer still holds when the caller
+    subscribes right after.
+    """
+    if not valid_conversation_id(conversation_id):
+        return StreamRefusal(400, "invalid conversation id")
+    if server.closing:
+        return StreamRefusal(503, "server is shutting down")
+    record = server.registry.get(conversation_id)
+    if record is None:
+        if cursor.run_id is not None:
+            return StreamRefusal(204, "run is over and no longer retained")
+        return StreamRefusal(404, f"no run for conversation {conversation_id!r}")
+    if cursor.run_id is not None and cursor.run_id != record.run_id:
+        # Only a terminal run is ever replaced, so the run the client followed is over.
+        return StreamRefusal(204, "run is over; the conversation has a newer run")
+    if cursor.after > record.latest_seq:
+        return StreamRefusal(
+            400, f"cursor {cursor.after} is past the run's latest seq {record.latest_seq}"
+        )
+    if record.status.is_terminal and resumed and cursor.after >= record.latest_seq:
+        return StreamRefusal(204, "run is over and every frame was delivered", record)
+    if server.subscriber_count(record.run_id) >= server.settings.max_subscribers_per_run:
+        return StreamRefusal(429, "too many streams open for this run")
+    return StreamPlan(conversation_id, record.run_id, cursor.after, record, resumed)
+
+
+class StreamSink(Protocol):
+    """Where :func:`pump` delivers a stream; one implementation per transport."""
+
+    async def event(self, event: ChatRunEvent) -> None: ...
+    async def gap(self, first: int, last: int, run_id: str) -> None: ...
+    async def end(self, record: ChatRunRecord | None) -> None: ...
+    async def lagged(self, resume_after: int, run_id: str) -> None: ...
+
+
+async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink) -> None:
+    """Deliver ``plan``'s run to ``sink`` until it ends, lags, or is cancelled.
+
+    Calls ``sink.end`` after the run's last frame, ``sink.lagged`` if the
+    registry dropped this subscriber; returns after either. Cancellation
+    (client gone, :meth:`ChatServer.disconnect_streams`) propagates.
+    """
+    after = plan.after
+    while True:
+        try:
+            async with server.registry.subscribe(
+                plan.conversation_id, after=after, run_id=plan.run_id
+            ) as subscription:
+                async for event in subscription:
+                    await sink.event(event)
+                record = subscription.record
+        except ReplayGap as gap:
+            first, after = after + 1, gap.available_from - 1
+            await sink.gap(first, after, plan.run_id)
+            continue
+        except SubscriberLagged as lag:
+            await sink.lagged(lag.resume_after, plan.run_id)
+            return
+        except RunNotFound:
+            # Evicted or replaced between accepting the stream and subscribing.
+            await sink.end(None)
+            return
+        await sink.end(record)
+        return

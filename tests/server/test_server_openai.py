@@ -1,0 +1,199 @@
+"""The openai_chat producer against a local fake OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import httpx
+import hypercorn.trio
+import pytest
+import trio
+from hypercorn.config import Config
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from trio_chatruns.server import OpenAIChatModel
+
+
+def chunk(delta=None, finish=None):
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
+    }
+
+
+SCRIPTS = {
+    "ok": [
+        chunk({"role": "assistant"}),
+        chunk({"content": "Hel"}),
+        chunk({"content": "lo, "}),
+        chunk({"content": "world"}),
+        chunk(finish="stop"),
+        "[DONE]",
+    ],
+    "tools": [
+        chunk({"content": "Looking. "}),
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": ""},
+                    }
+                ]
+            }
+        ),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+        chunk(finish="tool_calls"),
+        "[DONE]",
+    ],
+    "stream-error": [chunk({"content": "par"}), {"error": {"message": "model overloaded"}}],
+    "no-done": [chunk({"content": "cut "}), chunk({"content": "short"})],
+    "garbage": [chunk({"content": "x"}), "{not json"],
+}
+
+
+@pytest.fixture
+async def fake_openai(nursery):
+    seen = []
+
+    async def completions(request: Request):
+        body = await request.json()
+        seen.append((dict(request.headers), body))
+        model = body["model"]
+        if model == "http500":
+            return JSONResponse({"error": {"message": "upstream exploded"}}, status_code=500)
+
+        async def lines():
+            for item in SCRIPTS[model]:
+                payload = item if isinstance(item, str) else json.dumps(item)
+                yield f"data: {payload}\n\n"
+
+        return StreamingResponse(lines(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    urls = await nursery.start(partial(hypercorn.trio.serve, app, config))
+    return urls[0] + "/v1", seen
+
+
+async def run_to_end(start_server, model, prompt="hi"):
+    running = await start_server(model=model)
+    async with httpx.AsyncClient(base_url=running.url) as client:
+        assert (await client.post("/v1/chat/runs/oa", json={"prompt": prompt})).status_code == 202
+        with trio.fail_after(10):
+            async with running.server.registry.subscribe("oa") as subscription:
+                async for _ in subscription:
+                    pass  # the subscription ends when the run does
+        record = (await client.get("/v1/chat/runs/oa")).json()
+        events = (await client.get("/v1/chat/runs/oa/events")).json()["events"]
+    return record, [e["frame"] for e in events]
+
+
+def text(frames):
+    return "".join(f["text"] for f in frames if f["type"] == "token")
+
+
+async def test_streams_content_and_completes(start_server, fake_openai):
+    base_url, seen = fake_openai
+    model = OpenAIChatModel(
+        base_url=base_url, model="ok", api_key="sk-test", system_prompt="be brief"
+    )
+    record, frames = await run_to_end(start_server, model, prompt="say hello")
+    assert record["status"] == "completed"
+    assert text(frames) == "Hello, world"
+    assert frames[-1] == {"type": "done", "finish_reason": "stop"}
+    headers, body = seen[0]
+    assert headers["authorization"] == "Bearer sk-test"
+    assert body["stream"] is True
+    assert body["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "say hello"},
+    ]
+
+
+async def test_tool_call_deltas_set_and_clear_current_tool(start_server, fake_openai):
+    base_url, _ = fake_openai
+    record, frames = await run_to_end(
+        start_server, OpenAIChatModel(base_url=base_url, model="tools")
+    )
+    assert record["status"] == "completed"
+    assert record["current_tool"] is None
+    deltas = [f for f in frames if f["type"] == "tool_call_delta"]
+    assert "".join(d["arguments_delta"] for d in deltas) == '{"city": "Paris"}'
+    assert {d["name"] for d in deltas} == {"get_weather"}
+    calls = [f for f in frames if f["type"] == "tool_call"]
+    assert calls == [
+        {"type": "tool_call", "id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}
+    ]
+    assert frames[-1] == {"type": "done", "finish_reason": "tool_calls"}
+
+
+async def test_current_tool_is_visible_while_the_call_streams(start_server):
+    """Mid-stream, the record names the tool (checked with a model we can pause)."""
+    gate = trio.Event()
+
+    # The parsing step is synchronous, so drive it directly on a real run.
+    seen_tool = []
+
+    async def producer_model(run, request):
+        calls = {}
+        m = OpenAIChatModel(base_url="http://unused", model="x")
+        m._handle_chunk(
+            run,
+            chunk(
+                {
+                    "tool_calls": [
+                        {"index": 0, "id": "c", "function": {"name": "lookup", "arguments": "{"}}
+                    ]
+                }
+            ),
+            calls,
+        )
+        seen_tool.append(run.record.current_tool)
+        m._handle_chunk(run, chunk(finish="tool_calls"), calls)
+        seen_tool.append(run.record.current_tool)
+        gate.set()
+
+    running = await start_server(model=producer_model)
+    async with httpx.AsyncClient(base_url=running.url) as client:
+        await client.post("/v1/chat/runs/t", json={"prompt": "p"})
+    with trio.fail_after(5):
+        await gate.wait()
+    assert seen_tool == ["lookup", None]
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "partial_text"),
+    [
+        ("http500", "endpoint returned HTTP 500: upstream exploded", ""),
+        ("stream-error", "endpoint error: model overloaded", "par"),
+        ("no-done", "the endpoint closed the stream before [DONE]", "cut short"),
+        ("garbage", "malformed chunk from endpoint: '{not json'", "x"),
+    ],
+)
+async def test_endpoint_errors_fail_the_run(start_server, fake_openai, name, message, partial_text):
+    base_url, _ = fake_openai
+    record, frames = await run_to_end(start_server, OpenAIChatModel(base_url=base_url, model=name))
+    assert record["status"] == "failed"
+    assert record["last_error"] == message
+    assert frames[-1] == {"type": "error", "message": message}
+    assert text(frames) == partial_text
+
+
+async def test_unreachable_endpoint_fails_the_run(start_server):
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused.
+    record, _frames = await run_to_end(
+        start_server, OpenAIChatModel(base_url="http://127.0.0.1:9/v1", model="m")
+    )
+    assert record["status"] == "failed"
+    assert record["last_error"].startswith("ConnectError")

@@ -1,0 +1,123 @@
+"""Graceful shutdown with open streams: in process, and the CLI under SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from functools import partial
+
+import httpx
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, wrap_client_stream
+
+from trio_chatruns.server import ScriptedModel, ServerSettings, serve
+
+SLOW = ScriptedModel(tokens_per_second=40.0, reply_tokens=400)
+
+
+async def test_shutdown_ends_every_stream_and_returns(sse):
+    graceful = 2.0
+    results = {}
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(
+            partial(
+                serve, SLOW, ServerSettings(port=0, graceful_timeout=graceful), handle_signals=False
+            )
+        )
+        async with httpx.AsyncClient(base_url=running.url) as client:
+            for cid in ("s1", "s2"):
+                assert (
+                    await client.post(f"/v1/chat/runs/{cid}", json={"prompt": "p"})
+                ).status_code == 202
+
+            async def read_sse_stream(task_status):
+                async with client.stream("GET", "/v1/chat/runs/s1/stream") as response:
+                    task_status.started()
+                    results["sse"] = [m async for m in sse(response)]
+
+            async def read_ws_stream(task_status):
+                host, port = running.url.removeprefix("http://").rsplit(":", 1)
+                async with (
+                    await trio.open_tcp_stream(host, int(port)) as stream,
+                    trio.open_nursery() as n,
+                ):
+                    ws = await wrap_client_stream(n, stream, host, "/v1/chat/runs/s2/ws")
+                    task_status.started()
+                    messages = []
+                    try:
+                        while True:
+                            messages.append(json.loads(await ws.get_message()))
+                    except ConnectionClosed as closed:
+                        results["ws"] = (messages, closed.reason.code)
+                    n.cancel_scope.cancel()
+
+            async with trio.open_nursery() as readers:
+                await readers.start(read_sse_stream)
+                await readers.start(read_ws_stream)
+                await trio.sleep(0.2)  # mid-reply
+                assert running.server.stats().open_streams == 2
+                started = trio.current_time()
+                running.shutdown()
+        # serve() returns: the outer nursery would hang otherwise.
+    elapsed = trio.current_time() - started
+    assert elapsed < graceful
+    end = results["sse"][-1]
+    assert end.event == "end"
+    assert end.json()["status"] == "cancelled"
+    sse_frames = [m.json()["frame"] for m in results["sse"] if m.event == "message"]
+    assert sse_frames[-1] == {"type": "interrupted"}
+    messages, code = results["ws"]
+    assert code == 1000
+    assert messages[-1]["type"] == "end"
+    assert messages[-1]["record"]["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_cli_exits_cleanly_on_signal(signum, sse):
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "trio_chatruns.server",
+            "serve",
+            "--port",
+            "0",
+            "--graceful-timeout",
+            "3",
+            "--tokens-per-second",
+            "40",
+        ],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        url = None
+        buffer = b""
+        with trio.fail_after(15):
+            while url is None:
+                chunk = await process.stderr.receive_some()
+                assert chunk, buffer.decode()
+                buffer += chunk
+                for line in buffer.decode().splitlines():
+                    if "serving on " in line:
+                        url = line.split("serving on ")[1].split()[0]
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.post("/v1/chat/runs/sig", json={"prompt": "p"})).status_code == 202
+            async with client.stream("GET", "/v1/chat/runs/sig/stream") as response:
+                process.send_signal(signum)
+                with trio.fail_after(5):
+                    messages = [m async for m in sse(response)]
+        assert messages[-1].event == "end"
+        assert messages[-1].json()["status"] == "cancelled"
+        with trio.fail_after(5):
+            code = await process.wait()
+        assert code == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()
