@@ -50,6 +50,16 @@ class RetentionIndex:
         """Forget a conversation's terminal run (replaced by a new run); O(1)."""
         self._by_conversation.pop(conversation_id, None)
 
+    def due(self, now: float) -> bool:
+        """Whether a sweep at ``now`` would evict anything; O(1)."""
+        runs = self._by_conversation
+        if len(runs) > self._cap:
+            return True
+        if not runs:
+            return False
+        terminated_at = next(iter(runs.values())).terminated_at
+        return terminated_at is not None and terminated_at + self._retention <= now
+
     def is_expired(self, state: RunState, now: float) -> bool:
         """Whether a terminal run is past its retention at Trio time ``now``."""
         terminated_at = state.terminated_at

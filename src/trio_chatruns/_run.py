@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import Any, final
 
@@ -83,7 +83,9 @@ class RunState:
         self.current_tool: str | None = None
         self.last_error: str | None = None
         # The replay buffer: the newest max_events_per_run frames, seqs contiguous.
-        self.buffer: deque[ChatRunEvent] = deque(maxlen=config.max_events_per_run)
+        # A deque while the run is active, frozen into a tuple when it ends: an
+        # empty deque alone is ~760 bytes, most of a small retained run.
+        self.buffer: Sequence[ChatRunEvent] = deque(maxlen=config.max_events_per_run)
         self.fanout = Fanout(counters)
         # Entered by the producer task; None once the run is terminal, so a
         # finished run holds no reference to its task's scope.
@@ -91,7 +93,9 @@ class RunState:
         self.producer_started = False
         self.producer_running = False
         self.interrupt_requested = False
-        self.ended = trio.Event()
+        # Made by the first ChatRun.wait() on an active run: most runs are never
+        # waited on, and a retained run need not carry one.
+        self.ended: trio.Event | None = None
 
     # -- reads ---------------------------------------------------------------
 
@@ -133,14 +137,18 @@ class RunState:
 
         Every argument is checked before anything changes.
         """
-        self._check_writable()
+        if self.terminated_at is not None:
+            self._check_writable()  # raises RunTerminated
+        # The streaming case passes no status/tool/error: skip their checks.
         new_status = None if status is None else ChatRunStatus.coerce(status)
-        check_optional_str("current_tool", current_tool)
-        check_optional_str("error", error)
+        if current_tool is not UNSET:
+            check_optional_str("current_tool", current_tool)
+        if error is not UNSET:
+            check_optional_str("error", error)
 
         seq = self.latest_seq + 1
         event = ChatRunEvent(self.conversation_id, self.run_id, seq, time.time(), frame)
-        self.buffer.append(event)
+        self.buffer.append(event)  # type: ignore[attr-defined]  # a deque while active
         self.latest_seq = seq
         self.updated_at = trio.current_time()
         if current_tool is not UNSET:
@@ -204,8 +212,10 @@ class RunState:
         finishing = scope if self.producer_running else None
         if finishing is not None:
             finishing.deadline = now + self.config.terminal_retention
+        self.buffer = tuple(self.buffer)
         self.fanout.close()
-        self.ended.set()
+        if self.ended is not None:
+            self.ended.set()
         self.on_terminal(self, finishing)
         return True
 
@@ -358,7 +368,14 @@ class ChatRun(metaclass=NoPublicConstructor):
         """Wait until the run is terminal; return its final record.
 
         Returns as soon as the run is terminal, even if the producer task is
-        still finishing. Always checkpoints (it is ``trio.Event.wait``).
+        still finishing. Always checkpoints (a ``trio.Event``, made on demand, or
+        a bare checkpoint if the run has already ended).
         """
-        await self._state.ended.wait()
-        return self._state.snapshot()
+        state = self._state
+        if state.terminated_at is None:
+            if state.ended is None:
+                state.ended = trio.Event()
+            await state.ended.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        return state.snapshot()

@@ -120,9 +120,16 @@ class ChatRunSubscription(metaclass=NoPublicConstructor):
         if receive is None:
             await self._end()
         try:
-            try:
-                event = receive.receive_nowait()
-            except trio.WouldBlock:
+            if self.last_seq < self._state.latest_seq:
+                # A live frame past our cursor is queued on our channel (every
+                # one is, until the channel is closed): take it without waiting.
+                try:
+                    event = receive.receive_nowait()
+                except trio.WouldBlock:  # pragma: no cover - defensive
+                    event = await receive.receive()
+            else:
+                # Caught up, so the channel is empty: wait at once rather than
+                # first raising and catching a certain WouldBlock.
                 event = await receive.receive()
         except trio.EndOfChannel:
             await self._end()
