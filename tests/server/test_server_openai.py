@@ -57,6 +57,31 @@ SCRIPTS = {
     "stream-error": [chunk({"content": "par"}), {"error": {"message": "model overloaded"}}],
     "no-done": [chunk({"content": "cut "}), chunk({"content": "short"})],
     "garbage": [chunk({"content": "x"}), "{not json"],
+    # Valid JSON of the wrong shape.
+    "choices-object": [chunk({"content": "x"}), {"choices": {"0": {}}}],
+    "delta-string": [chunk({"content": "x"}), {"choices": [{"delta": "hi"}]}],
+    "content-number": [chunk({"content": "x"}), chunk({"content": 5})],
+    "index-string": [
+        chunk({"content": "x"}),
+        chunk({"tool_calls": [{"index": "a", "function": {"name": "f", "arguments": ""}}]}),
+    ],
+    "arguments-object": [
+        chunk({"content": "x"}),
+        chunk({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": {}}}]}),
+    ],
+    "choice-not-object": [chunk({"content": "x"}), {"choices": ["hi"]}],
+    # n > 1: only the choice with index 0 is followed, wherever it is in the list.
+    "two-choices": [
+        {
+            "choices": [
+                {"index": 1, "delta": {"content": "NO"}, "finish_reason": None},
+                {"index": 0, "delta": {"content": "yes"}, "finish_reason": None},
+            ]
+        },
+        {"choices": [{"index": 1, "delta": {"content": "NO"}, "finish_reason": "stop"}]},
+        chunk(finish="stop"),
+        "[DONE]",
+    ],
 }
 
 
@@ -188,6 +213,39 @@ async def test_endpoint_errors_fail_the_run(start_server, fake_openai, name, mes
     assert record["last_error"] == message
     assert frames[-1] == {"type": "error", "message": message}
     assert text(frames) == partial_text
+
+
+@pytest.mark.parametrize(
+    ("name", "detail"),
+    [
+        ("choices-object", "chunk.choices is not an array"),
+        ("delta-string", "choices[0].delta is not an object"),
+        ("content-number", "choices[0].delta.content is not a string: 5"),
+        ("index-string", 'choices[0].delta.tool_calls[0].index is not an integer: "a"'),
+        ("arguments-object", "tool_calls[0].function.arguments is not a string"),
+        ("choice-not-object", "choices[0] is not an object"),
+    ],
+)
+async def test_chunks_of_the_wrong_shape_fail_the_run_with_an_error_frame(
+    start_server, fake_openai, name, detail
+):
+    base_url, _ = fake_openai
+    record, frames = await run_to_end(start_server, OpenAIChatModel(base_url=base_url, model=name))
+    assert record["status"] == "failed"
+    message = record["last_error"]
+    assert message.startswith("malformed chunk from endpoint: ")
+    assert detail in message
+    assert frames[-1] == {"type": "error", "message": message}
+    assert text(frames) == "x"
+
+
+async def test_only_the_choice_with_index_0_is_followed(start_server, fake_openai):
+    base_url, _ = fake_openai
+    record, frames = await run_to_end(
+        start_server, OpenAIChatModel(base_url=base_url, model="two-choices")
+    )
+    assert record["status"] == "completed"
+    assert text(frames) == "yes"
 
 
 async def test_unreachable_endpoint_fails_the_run(start_server):

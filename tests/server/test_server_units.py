@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import types
+from decimal import Decimal
 
 import pytest
 
@@ -13,7 +15,15 @@ from trio_chatruns.server import OpenAIChatModel, ScriptedModel, ServerSettings,
 from trio_chatruns.server.cli import build_model, main, parser
 from trio_chatruns.server.config import valid_conversation_id
 from trio_chatruns.server.producers import scripted_reply
-from trio_chatruns.server.sse import Cursor, encode_comment, encode_sse, format_cursor, parse_cursor
+from trio_chatruns.server.sse import (
+    Cursor,
+    encode_comment,
+    encode_sse,
+    format_cursor,
+    parse_cursor,
+    parse_seq,
+    to_json,
+)
 from trio_chatruns.server.streams import cursor_from_request
 
 
@@ -28,9 +38,37 @@ def test_encode_sse_fields_and_multiline_data():
 
 def test_cursor_round_trip_and_errors():
     assert parse_cursor(format_cursor("run:with:colons", 7)) == Cursor("run:with:colons", 7)
-    for bad in ("", "abc", ":3", "r:-1", "r:x", "r:"):
+    for bad in ("", "abc", ":3", "r:-1", "r:x", "r:", "r:²", "r:1" + "0" * 18, "bad id:1"):
         with pytest.raises(ValueError):
             parse_cursor(bad)
+    assert parse_cursor("r:" + "9" * 18) == Cursor("r", 10**18 - 1)
+
+
+def test_parse_seq_is_ascii_and_bounded():
+    assert parse_seq("0") == 0
+    assert parse_seq("007") == 7
+    for bad in ("", "-1", "+1", " 1", "1 ", "1\n", "²", "\u0661", "1_000", "9" * 19):
+        with pytest.raises(ValueError, match="at most 18 digits") as caught:
+            parse_seq(bad)
+        assert str(caught.value).isascii()
+    with pytest.raises(ValueError) as caught:
+        parse_seq("9" * 5000)
+    assert len(str(caught.value)) < 150
+
+
+def test_to_json_is_strict_with_a_fallback():
+    assert to_json({"a": [1, "é"]}) == '{"a":[1,"é"]}'
+    assert to_json({"x": float("nan"), "y": float("-inf")}) == '{"x":null,"y":null}'
+    assert to_json({"d": Decimal("1.5"), (1,): 2}) == '{"d":"1.5","(1,)":2}'
+    assert to_json("\ud800") == '"\\ud800"'
+    assert json.loads(to_json(10**5000)) == "<int of 16610 bits>"
+    deep: list = [float("nan")]  # deep *and* needing the fallback
+    for _ in range(150):
+        deep = [deep]
+    assert "<nested too deep>" in to_json(deep)
+    cyclic: dict = {}
+    cyclic["self"] = cyclic
+    assert to_json(cyclic) == '{"self":"<circular reference>"}'
 
 
 def test_cursor_from_request_prefers_the_header():
@@ -39,6 +77,10 @@ def test_cursor_from_request_prefers_the_header():
     assert cursor_from_request({}, {}) == (Cursor(None, 0), False)
     with pytest.raises(ValueError):
         cursor_from_request({}, {"after": "-2"})
+    with pytest.raises(ValueError):
+        cursor_from_request({}, {"after": "²"})
+    with pytest.raises(ValueError):
+        cursor_from_request({}, {"run_id": "no spaces"})
 
 
 def test_conversation_ids():

@@ -74,6 +74,8 @@ class ChatServer:
     # The scopes of open streams, so disconnect_streams() can cut them; a
     # stream's pump runs inside its scope, the ASGI response outside it.
     _drop_scopes: set[trio.CancelScope] = attrs.field(factory=set, init=False)
+    # The scopes of request bodies being read, so begin_shutdown() can cut them.
+    _body_scopes: set[trio.CancelScope] = attrs.field(factory=set, init=False)
     _per_run: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _opened: int = attrs.field(default=0, init=False)
     _resumed: int = attrs.field(default=0, init=False)
@@ -148,6 +150,27 @@ class ChatServer:
             if not self._drop_scopes:
                 self._idle.set()
 
+    @contextlib.contextmanager
+    def track_body_read(self) -> Iterator[trio.CancelScope]:
+        """Enter a cancel scope for reading a request body; :meth:`begin_shutdown` cancels it.
+
+        Already cancelled if the server is closing, so a slow upload never
+        holds a graceful shutdown (the request is answered 503).
+        """
+        with trio.CancelScope() as scope:
+            if self._closing:
+                scope.cancel()
+            self._body_scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._body_scopes.discard(scope)
+
+    @property
+    def body_reads(self) -> int:
+        """Request bodies being read now."""
+        return len(self._body_scopes)
+
     def disconnect_streams(self) -> int:
         """Cut every open stream now, as a network drop would; return how many.
 
@@ -164,11 +187,14 @@ class ChatServer:
     def begin_shutdown(self) -> int:
         """Stop accepting runs and streams, and interrupt every active run.
 
+        Request bodies still being received are cut (those requests get 503).
         Open streams then end by themselves: each one's run ends
         ``cancelled``, the stream sends ``end`` and closes. Returns how many
         runs were interrupted. Synchronous, idempotent.
         """
         self._closing = True
+        for scope in list(self._body_scopes):
+            scope.cancel()  # those requests are answered 503
         interrupted = 0
         for record in self.registry.list(active_only=True):
             interrupted += self.registry.interrupt(record.conversation_id)

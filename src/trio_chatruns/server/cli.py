@@ -12,17 +12,19 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
-from functools import partial
 
 import trio
 
 from .. import MAX_EVENTS_PER_RUN, MAX_RETAINED_TERMINAL, TERMINAL_RETENTION, RegistryConfig
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 from .producers import ChatModel, OpenAIChatModel, ScriptedModel, load_model
-from .runner import RunningServer, serve
+from .runner import RunningServer, only_leaf, serve, shutdown_deadline
 
-__all__ = ["build_model", "main", "parser"]
+__all__ = ["LOG_LEVELS", "build_model", "main", "parser"]
+
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,13 +77,25 @@ def parser() -> argparse.ArgumentParser:
         "--max-subscribers", type=int, default=32, help="open streams per run (429 past it)"
     )
     caps.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="request body limit")
-    caps.add_argument("--heartbeat", type=float, default=15.0, help="SSE heartbeat, seconds")
+    caps.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to receive a whole request body (408 past it)",
+    )
+    caps.add_argument(
+        "--heartbeat",
+        type=float,
+        default=15.0,
+        help='seconds of silence before a heartbeat (SSE \': ping\', WebSocket {"type": "ping"})',
+    )
 
     model = p.add_argument_group("model")
     model.add_argument(
         "--producer",
         default="scripted",
-        help="'scripted' (embedded, no network), 'openai', or 'module:function'",
+        help="'scripted' (embedded, no network), 'openai', or 'module:function' "
+        "(imported with the current directory on sys.path)",
     )
     model.add_argument(
         "--model", default=None, help="model name for --producer openai (required there)"
@@ -98,12 +112,21 @@ def parser() -> argparse.ArgumentParser:
         "--system-prompt", default=None, help="system message for the openai producer"
     )
     model.add_argument("--tokens-per-second", type=float, default=30.0, help="scripted model rate")
-    p.add_argument("--log-level", default="INFO", help="logging level")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level (case-insensitive)",
+    )
     return root
 
 
 def build_model(args: argparse.Namespace) -> ChatModel:
     """The chat model selected by ``--producer`` and its options.
+
+    A ``module:function`` producer is imported with the current directory
+    first on ``sys.path`` (inserted if missing).
 
     Raises:
         ValueError: an unknown producer, or a bad ``module:function``.
@@ -121,6 +144,11 @@ def build_model(args: argparse.Namespace) -> ChatModel:
             system_prompt=args.system_prompt,
         )
     if ":" in args.producer:
+        # As uvicorn and hypercorn do for 'module:app': the console script's
+        # sys.path[0] is its own bin/ directory, not where the user stands.
+        cwd = os.getcwd()
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
         return load_model(args.producer)
     raise ValueError(f"unknown producer {args.producer!r}: use scripted, openai or module:function")
 
@@ -140,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_active_runs=args.max_active_runs,
             max_subscribers_per_run=args.max_subscribers,
             heartbeat_interval=args.heartbeat,
+            body_timeout=args.body_timeout,
             graceful_timeout=args.graceful_timeout,
         )
         registry_config = RegistryConfig(
@@ -153,26 +182,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         trio.run(_main, model, settings, registry_config)
-    except OSError as exc:
-        print(f"trio-chatruns: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        # Trio hands a nursery's errors on in (nested) exception groups.
+        os_error = only_leaf(exc, OSError)
+        if os_error is None:
+            if only_leaf(exc, KeyboardInterrupt) is not None:
+                return 130
+            raise
+        print(
+            f"trio-chatruns: error: cannot serve on {args.host}:{args.port}: {os_error}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 async def _main(
     model: ChatModel, settings: ServerSettings, registry_config: RegistryConfig
 ) -> None:
-    async with trio.open_nursery() as nursery:
-        running: RunningServer = await nursery.start(
-            partial(serve, model, settings, registry_config)
-        )
-        print(
-            f"trio-chatruns: serving on {running.url} — open it in a browser; Ctrl+C stops",
-            file=sys.stderr,
-            flush=True,
-        )
+    hard_exit: threading.Timer | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def run_server(*, task_status: trio.TaskStatus[RunningServer]) -> None:
+                await serve(model, settings, registry_config, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            running: RunningServer = await nursery.start(run_server)
+            print(
+                f"trio-chatruns: serving on {running.url} — open it in a browser; Ctrl+C stops",
+                file=sys.stderr,
+                flush=True,
+            )
+            await running.wait_shutdown_requested()
+            # Trio cannot stop a producer that shields itself from cancellation:
+            # past the deadline (serve() has logged which runs), end the process.
+            delay = shutdown_deadline(settings) + 1.0
+            hard_exit = threading.Timer(delay, _hard_exit, args=(delay,))
+            hard_exit.daemon = True
+            hard_exit.start()
+    finally:
+        if hard_exit is not None:
+            hard_exit.cancel()
+
+
+def _hard_exit(delay: float) -> None:
+    print(
+        f"trio-chatruns: error: shutdown did not finish within {delay:.1f} s "
+        "(a producer ignores cancellation); exiting",
+        file=sys.stderr,
+        flush=True,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(1)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,12 @@ class ServerSettings:
         max_active_runs (int): active runs across all conversations (429 past it).
         max_subscribers_per_run (int): open SSE/WebSocket streams per run
             (429 past it).
-        heartbeat_interval (float): seconds of silence after which an SSE stream
-            sends a ``: ping`` comment so proxies keep it open.
+        heartbeat_interval (float): seconds of silence after which a stream
+            sends a heartbeat so proxies keep it open: a ``: ping`` comment on
+            SSE, a ``{"type": "ping"}`` message on WebSocket.
+        body_timeout (float): seconds a client has to send a whole request
+            body (408 past it), so a body that never ends cannot hold a
+            connection (or a graceful shutdown) forever.
         sse_retry_ms (int): the ``retry:`` reconnection delay sent to
             EventSource clients, milliseconds.
         websocket_ping_interval (float | None): seconds between WebSocket
@@ -75,6 +79,7 @@ class ServerSettings:
     max_active_runs: int = attrs.field(default=64, validator=_pos_int)
     max_subscribers_per_run: int = attrs.field(default=32, validator=_pos_int)
     heartbeat_interval: float = attrs.field(default=15.0, validator=_pos_float)
+    body_timeout: float = attrs.field(default=10.0, validator=_pos_float)
     sse_retry_ms: int = attrs.field(default=1000, validator=_pos_int)
     websocket_ping_interval: float | None = attrs.field(
         default=None, validator=v.optional(_pos_float)

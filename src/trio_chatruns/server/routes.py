@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import re
 from typing import TYPE_CHECKING, Any
 
+import trio
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import RunAlreadyActive
 from .config import valid_conversation_id
 from .producers import ChatRequest, make_producer
-from .sse import event_to_json, record_to_json
-from .sse_stream import SSEStream
+from .sse import JSONResponse, event_to_json, parse_seq, record_to_json
+from .sse_stream import RETRY_AFTER_SECONDS, SSEStream
 from .streams import cursor_from_request
 
 if TYPE_CHECKING:
@@ -28,16 +32,30 @@ if TYPE_CHECKING:
 
     from .app import ChatServer
 
-__all__ = ["ApiError", "api_routes", "error_handlers"]
+__all__ = ["RETRY_AFTER_SECONDS", "ApiError", "api_routes", "error_handlers"]
+
+logger = logging.getLogger("trio_chatruns.server")
+
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 
 
 class ApiError(Exception):
-    """Answered as ``{"error": message}`` with ``status``."""
+    """Answered as ``{"error": message}`` with ``status`` (and ``headers``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
+
+
+def too_many(message: str) -> ApiError:
+    """A ``429`` with its ``Retry-After`` header."""
+    return ApiError(429, message, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
 
 
 def _server(request: Request) -> ChatServer:
@@ -52,27 +70,49 @@ def _conversation_id(request: Request) -> str:
 
 
 def _after(request: Request) -> int:
-    text = request.query_params.get("after", "0") or "0"
-    if not text.isdigit():
-        raise ApiError(400, f"after must be a non-negative integer, not {text!r}")
-    return int(text)
+    text = request.query_params.get("after", "")
+    try:
+        return parse_seq(text) if text else 0
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(server: ChatServer, request: Request) -> bytes:
+    """The request body, read within the limits of ``server.settings``.
+
+    Raises:
+        ApiError: ``413`` over ``max_body_bytes``; ``408`` not complete within
+            ``body_timeout`` seconds; ``503`` the server began shutting down
+            meanwhile; ``400`` a malformed ``Content-Length``.
+        _ClientGone: the client disconnected mid-body (answered quietly).
+    """
+    settings = server.settings
+    limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if _CONTENT_LENGTH.fullmatch(declared) is None:
             raise ApiError(400, "invalid Content-Length")
         if int(declared) > limit:
             raise ApiError(413, f"request body larger than {limit} bytes")
     body = bytearray()
-    # aclosing: leaving early must finalize Starlette's generator now, in this
-    # task, not whenever the garbage collector gets to it.
-    async with contextlib.aclosing(request.stream()) as chunks:
-        async for chunk in chunks:
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"request body larger than {limit} bytes")
+    with (
+        trio.move_on_after(settings.body_timeout) as timeout,
+        server.track_body_read() as shutdown_scope,
+    ):
+        try:
+            # aclosing: leaving early must finalize Starlette's generator now, in
+            # this task, not whenever the garbage collector gets to it.
+            async with contextlib.aclosing(request.stream()) as chunks:
+                async for chunk in chunks:
+                    body += chunk
+                    if len(body) > limit:
+                        raise ApiError(413, f"request body larger than {limit} bytes")
+        except ClientDisconnect:
+            raise _ClientGone from None
+    if shutdown_scope.cancelled_caught:
+        raise ApiError(503, "server is shutting down")
+    if timeout.cancelled_caught:
+        raise ApiError(408, f"request body not received within {settings.body_timeout:g} seconds")
     return bytes(body)
 
 
@@ -80,16 +120,21 @@ async def start_run(request: Request) -> Response:
     """``POST /v1/chat/runs/{conversation_id}`` with ``{"prompt": str}`` → 202."""
     server = _server(request)
     conversation_id = _conversation_id(request)
-    body = await _read_body(request, server.settings.max_body_bytes)
+    body = await _read_body(server, request)
     try:
         payload: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError(400, 'body must be JSON: {"prompt": "..."}') from None
     prompt = payload.get("prompt") if isinstance(payload, dict) else None
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, 'body must be a JSON object with a non-empty string "prompt"')
     if len(prompt) > server.settings.max_prompt_chars:
         raise ApiError(400, f"prompt longer than {server.settings.max_prompt_chars} characters")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON's \ud800 escapes can name half a surrogate pair: not text.
+        raise ApiError(400, "prompt is not valid Unicode (it holds a lone surrogate)") from None
     # No checkpoint from here on: the checks and the start are one atomic step.
     if server.closing:
         raise ApiError(503, "server is shutting down")
@@ -98,7 +143,7 @@ async def start_run(request: Request) -> Response:
     if current is not None and current.status.is_active:
         raise ApiError(409, f"conversation {conversation_id!r} already has an active run")
     if registry.stats().active >= server.settings.max_active_runs:
-        raise ApiError(429, "too many active runs; try again later")
+        raise too_many("too many active runs; try again later")
     producer = make_producer(server.model, ChatRequest(conversation_id, prompt))
     try:
         run = registry.try_start(conversation_id, producer)
@@ -113,7 +158,7 @@ async def list_runs(request: Request) -> Response:
     """``GET /v1/chat/runs?active=true|false`` → ``{"runs": [record...]}``, newest first."""
     active = request.query_params.get("active", "false").lower()
     if active not in ("true", "false", "1", "0"):
-        raise ApiError(400, "active must be true or false")
+        raise ApiError(400, "active must be true, false, 1 or 0")
     records = _server(request).registry.list(active_only=active in ("true", "1"))
     return JSONResponse({"runs": [record_to_json(r) for r in records]})
 
@@ -128,13 +173,19 @@ async def get_run(request: Request) -> Response:
 
 
 async def run_events(request: Request) -> Response:
-    """``GET .../events?after=N`` → ``{"run_id", "latest_seq", "events": [...]}``, or 404."""
+    """``GET .../events?after=N`` → ``{"run_id", "latest_seq", "events": [...]}``.
+
+    404 for no run; 400 for ``after`` past the run's ``latest_seq``, as the
+    stream answers (a cursor from another run would silently read nothing).
+    """
     conversation_id = _conversation_id(request)
     after = _after(request)
     registry = _server(request).registry
     record = registry.get(conversation_id)
     if record is None:
         raise ApiError(404, f"no run for conversation {conversation_id!r}")
+    if after > record.latest_seq:
+        raise ApiError(400, f"after {after} is past the run's latest seq {record.latest_seq}")
     events = registry.events(conversation_id, after=after)
     return JSONResponse(
         {
@@ -156,7 +207,12 @@ async def stream_run(request: Request) -> Response | SSEStream:
 
 
 async def interrupt_run(request: Request) -> Response:
-    """``POST .../interrupt`` → 200 ``{"interrupted": true, "run_id"}``, or 404."""
+    """``POST .../interrupt`` → 200 ``{"interrupted": true, "run_id"}``, or 404.
+
+    Idempotent while the run is active: a run already interrupted (by a
+    client or by shutdown) whose producer is still unwinding answers 200
+    again. Not refused during shutdown. 404 once the run has ended.
+    """
     conversation_id = _conversation_id(request)
     registry = _server(request).registry
     record = registry.get(conversation_id)
@@ -194,7 +250,7 @@ def api_routes() -> list[Route]:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -202,6 +258,23 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody is left to read this; hypercorn drops it. Not an application error.
+    logger.debug("client disconnected before its request body was complete: %s", request.url.path)
+    return Response(status_code=400)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Starlette logs nothing itself and re-raises after this answer, so the
+    # traceback still reaches hypercorn's error log once.
+    return JSONResponse({"error": "internal server error"}, status_code=500)
+
+
 def error_handlers() -> dict[Any, Any]:
     """Starlette exception handlers turning every error into JSON."""
-    return {ApiError: _api_error, HTTPException: _http_error}
+    return {
+        ApiError: _api_error,
+        HTTPException: _http_error,
+        _ClientGone: _client_gone,
+        500: _internal_error,
+    }

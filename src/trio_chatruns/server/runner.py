@@ -18,12 +18,21 @@ closed cleanly:
 Hypercorn's own order — drain connections, *then* run the app's lifespan
 shutdown — is why the registry is not opened in a Starlette lifespan: streams
 would only end when the graceful timeout cancelled them.
+
+Step 4 waits for every producer task, and Trio cannot stop a task that
+shields itself from cancellation. If :func:`serve` has not returned
+:func:`shutdown_deadline` seconds after the shutdown began, it logs an error
+naming the runs still active; the ``trio-chatruns`` command then exits with
+status 1 a second later (a library function does not end the process).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import socket
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -36,9 +45,15 @@ from .app import ChatServer
 from .config import ServerSettings
 
 if TYPE_CHECKING:
+    from .. import ChatRunRegistry
     from .producers import ChatModel
 
-__all__ = ["RunningServer", "hypercorn_config", "serve"]
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["RunningServer", "hypercorn_config", "only_leaf", "serve", "shutdown_deadline"]
+
+logger = logging.getLogger("trio_chatruns.server")
 
 
 @attrs.define(eq=False)
@@ -63,10 +78,80 @@ class RunningServer:
         """Start a graceful shutdown, as SIGTERM would. Synchronous, idempotent."""
         self._stop.set()
 
+    @property
+    def shutting_down(self) -> bool:
+        """``True`` once a shutdown was requested (:meth:`shutdown` or a signal)."""
+        return self._stop.is_set()
+
+    async def wait_shutdown_requested(self) -> None:
+        """Return once a shutdown was requested (:meth:`shutdown` or a signal)."""
+        await self._stop.wait()
+
+
+def shutdown_deadline(settings: ServerSettings) -> float:
+    """Seconds after a shutdown request by which :func:`serve` should have returned.
+
+    Half the graceful timeout for streams to end, the graceful timeout for
+    hypercorn to drain, one second for the registry to close.
+    """
+    return 1.5 * settings.graceful_timeout + 1.0
+
+
+def only_leaf(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first leaf of ``exc`` if every leaf of it is a ``kind``, else ``None``.
+
+    Trio wraps errors from nurseries in (nested) exception groups; this finds
+    the one error a caller is interested in, on Python 3.10 too.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [only_leaf(child, kind) for child in exc.exceptions]
+        if not leaves or any(leaf is None for leaf in leaves):
+            return None
+        return leaves[0]
+    return exc if isinstance(exc, kind) else None
+
+
+class _HypercornConfig(HypercornConfig):
+    """Hypercorn's config, creating its TCP sockets without leaking one that fails to bind.
+
+    Hypercorn 0.18 leaves the socket of a failed ``bind`` (address in use) to
+    the garbage collector: a ``ResourceWarning``. ``ServerSettings`` only ever
+    binds ``host:port`` over TCP, which is all this handles.
+    """
+
+    def _create_sockets(
+        self, binds: list[str], type_: int = socket.SOCK_STREAM
+    ) -> list[socket.socket]:
+        sockets: list[socket.socket] = []
+        try:
+            for bind in binds:
+                host, _, port = bind.rpartition(":")
+                host = host.replace("[", "").replace("]", "")
+                sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, type_)
+                sockets.append(sock)
+                if type_ == socket.SOCK_STREAM:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, int(port)))
+                sock.setblocking(False)
+                sock.set_inheritable(True)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
 
 def hypercorn_config(settings: ServerSettings) -> HypercornConfig:
-    """The hypercorn configuration for ``settings`` (bind, timeouts, pings)."""
-    config = HypercornConfig()
+    """The hypercorn configuration for ``settings`` (bind, timeouts, pings).
+
+    Hypercorn's ``read_timeout`` is left off on purpose: it bounds every read
+    of a connection, so it would also cut SSE streams, where the client sends
+    nothing for as long as the stream lasts. Request bodies are bounded by
+    ``ServerSettings.body_timeout`` instead; idle keep-alive connections by
+    hypercorn's ``keep_alive_timeout`` (5 s).
+    """
+    config = _HypercornConfig()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.graceful_timeout
@@ -99,36 +184,75 @@ async def serve(
             stops at once). Only possible in the main thread.
 
     Raises:
-        OSError: the address cannot be bound.
+        OSError: the address cannot be bound (the error itself, not wrapped
+            in an exception group).
     """
-    settings = settings or ServerSettings()
+    try:
+        await _serve(
+            model, settings or ServerSettings(), registry_config, handle_signals, task_status
+        )
+    except BaseExceptionGroup as group:
+        os_error = only_leaf(group, OSError)
+        if os_error is None:
+            raise
+        raise os_error from None
+
+
+async def _serve(
+    model: ChatModel,
+    settings: ServerSettings,
+    registry_config: RegistryConfig | None,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[RunningServer],
+) -> None:
     config = hypercorn_config(settings)
     stop = trio.Event()
-    async with open_chat_run_registry(registry_config) as registry:
-        server = ChatServer(registry, model, settings)
+    registry: ChatRunRegistry | None = None
+    async with trio.open_nursery() as guard:
+        guard.start_soon(_shutdown_watchdog, stop, settings, lambda: registry)
+        async with open_chat_run_registry(registry_config) as registry:
+            server = ChatServer(registry, model, settings)
 
-        async def shutdown_trigger() -> None:
-            await stop.wait()
-            server.begin_shutdown()
-            with trio.move_on_after(settings.graceful_timeout / 2):
-                await server.wait_streams_closed()
-            server.disconnect_streams()
+            async def shutdown_trigger() -> None:
+                await stop.wait()
+                server.begin_shutdown()
+                with trio.move_on_after(settings.graceful_timeout / 2):
+                    await server.wait_streams_closed()
+                server.disconnect_streams()
 
-        async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:
 
-            async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                await hypercorn.trio.serve(
-                    server.app,  # type: ignore[arg-type]  # Starlette's ASGI types are looser
-                    config,
-                    shutdown_trigger=shutdown_trigger,
-                    task_status=task_status,
-                )
-                nursery.cancel_scope.cancel()  # stop the signal watcher
+                async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                    await hypercorn.trio.serve(
+                        server.app,  # type: ignore[arg-type]  # Starlette's ASGI types are looser
+                        config,
+                        shutdown_trigger=shutdown_trigger,
+                        task_status=task_status,
+                    )
+                    nursery.cancel_scope.cancel()  # stop the signal watcher
 
-            if handle_signals:
-                nursery.start_soon(_watch_signals, stop, nursery.cancel_scope)
-            urls = await nursery.start(run_hypercorn)
-            task_status.started(RunningServer(server, urls, _stop=stop))
+                if handle_signals:
+                    nursery.start_soon(_watch_signals, stop, nursery.cancel_scope)
+                urls = await nursery.start(run_hypercorn)
+                task_status.started(RunningServer(server, urls, _stop=stop))
+        guard.cancel_scope.cancel()  # the registry closed: the watchdog has nothing to say
+
+
+async def _shutdown_watchdog(
+    stop: trio.Event, settings: ServerSettings, registry: Callable[[], ChatRunRegistry | None]
+) -> None:
+    """Log the runs that keep a graceful shutdown from finishing in time."""
+    await stop.wait()
+    await trio.sleep(shutdown_deadline(settings))
+    current = registry()
+    stuck = [] if current is None else current.list(active_only=True)
+    logger.error(
+        "graceful shutdown did not finish within %.1f s: a producer ignores cancellation "
+        "(e.g. a shielded cancel scope); %d run(s) still active: %s",
+        shutdown_deadline(settings),
+        len(stuck),
+        ", ".join(f"{r.conversation_id}/{r.run_id}" for r in stuck) or "none (a task still ending)",
+    )
 
 
 async def _watch_signals(stop: trio.Event, hard_stop: trio.CancelScope) -> None:

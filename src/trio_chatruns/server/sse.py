@@ -13,22 +13,40 @@ it, in the same run.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 import attrs
+from starlette.responses import JSONResponse as _StarletteJSONResponse
 
 from .._records import ChatRunEvent, ChatRunRecord
 
 __all__ = [
+    "MAX_SEQ_DIGITS",
     "Cursor",
+    "JSONResponse",
     "encode_comment",
     "encode_sse",
     "event_to_json",
     "format_cursor",
     "parse_cursor",
+    "parse_run_id",
+    "parse_seq",
     "record_to_json",
     "to_json",
 ]
+
+MAX_SEQ_DIGITS = 18
+"""A seq in a cursor is 1 to 18 ASCII digits: always an exact, cheap ``int``."""
+
+_SEQ = re.compile(r"[0-9]{1,%d}" % MAX_SEQ_DIGITS)  # noqa: UP031 - a regex, not text
+_RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _show(text: str, limit: int = 40) -> str:
+    """``text`` quoted for an error message: ASCII only, at most ``limit`` characters."""
+    return ascii(text if len(text) <= limit else text[:limit] + "...")
 
 
 @attrs.frozen
@@ -50,23 +68,139 @@ def format_cursor(run_id: str, seq: int) -> str:
     return f"{run_id}:{seq}"
 
 
+def parse_seq(text: str, name: str = "after") -> int:
+    """Parse a seq sent by a client: 1 to :data:`MAX_SEQ_DIGITS` ASCII digits.
+
+    ``str.isdigit`` is not enough (it accepts ``"²"``, which ``int`` refuses)
+    and ``int`` of thousands of digits is slow and then refused by Python's
+    digit limit, so this is the only way a cursor's number is read.
+
+    Raises:
+        ValueError: anything else, with a message fit for a client.
+    """
+    if _SEQ.fullmatch(text) is None:
+        raise ValueError(
+            f"{name} must be a non-negative integer of at most {MAX_SEQ_DIGITS} "
+            f"digits (0-9), not {_show(text)}"
+        )
+    return int(text)
+
+
+def parse_run_id(text: str, name: str = "run_id") -> str:
+    """Check a run id sent by a client: 1 to 128 characters of ``[A-Za-z0-9._:-]``.
+
+    Raises:
+        ValueError: anything else, with a message fit for a client.
+    """
+    if _RUN_ID.fullmatch(text) is None:
+        raise ValueError(f"{name} must be 1-128 characters of [A-Za-z0-9._:-], not {_show(text)}")
+    return text
+
+
 def parse_cursor(value: str) -> Cursor:
     """Parse a ``Last-Event-ID`` value made by :func:`format_cursor`.
 
     The run id may itself contain ``:``; the seq is what follows the last one.
 
     Raises:
-        ValueError: ``value`` is not ``<run_id>:<non-negative int>``.
+        ValueError: ``value`` is not ``<run_id>:<seq>`` (run id as in
+            :func:`parse_run_id`, seq as in :func:`parse_seq`).
     """
     run_id, sep, seq_text = value.strip().rpartition(":")
-    if not sep or not run_id or not seq_text.isdigit():
-        raise ValueError(f"malformed event id {value!r}; expected '<run_id>:<seq>'")
+    if not sep or _RUN_ID.fullmatch(run_id) is None or _SEQ.fullmatch(seq_text) is None:
+        raise ValueError(
+            f"malformed Last-Event-ID {_show(value)}; expected '<run_id>:<seq>' "
+            f"with a seq of at most {MAX_SEQ_DIGITS} digits"
+        )
     return Cursor(run_id=run_id, after=int(seq_text))
 
 
+_SEPARATORS = (",", ":")
+_MAX_DEPTH = 100
+
+
 def to_json(value: Any) -> str:
-    """Compact JSON; values JSON cannot hold are written as their ``str``."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Encode ``value`` as strict, compact JSON: the one encoder of every answer.
+
+    Used for every HTTP body, SSE ``data:`` and WebSocket message, so a frame
+    reads the same on all of them. The output is always valid JSON (RFC 8259,
+    no ``NaN``) and always encodable as UTF-8. What JSON cannot hold is
+    replaced rather than refused:
+
+    - ``NaN`` and infinities become ``null``;
+    - any other value (a ``datetime``, a ``Decimal``, an arbitrary object)
+      becomes its ``str()`` (``"<unprintable T>"`` if that raises);
+      non-string keys become strings;
+    - a circular reference becomes ``"<circular reference>"``, nesting deeper
+      than 100 levels ``"<nested too deep>"``;
+    - a string with a lone surrogate is written with ``\\uXXXX`` escapes.
+
+    Plain JSON-ready values (what the included models push) take the fast path
+    and are written exactly as :func:`json.dumps` would.
+    """
+    try:
+        text = json.dumps(value, separators=_SEPARATORS, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        value = _json_safe(value, 0, set())
+        text = json.dumps(value, separators=_SEPARATORS, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: escape it, the rest too
+        text = json.dumps(value, separators=_SEPARATORS, ensure_ascii=True, allow_nan=False)
+    return text
+
+
+def _safe_str(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    if isinstance(key, float) and not math.isfinite(key):
+        return "null"
+    if isinstance(key, (int, float)):
+        return _safe_str(_json_safe(key, 0, set()))
+    return _safe_str(key)
+
+
+def _json_safe(value: Any, depth: int, path: set[int]) -> Any:
+    """A copy of ``value`` that :func:`json.dumps` accepts with ``allow_nan=False``."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        try:
+            int.__repr__(value)  # past Python's digit limit, json.dumps would raise
+        except ValueError:
+            return f"<int of {value.bit_length()} bits>"
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in path:
+            return "<circular reference>"
+        if depth >= _MAX_DEPTH:
+            return "<nested too deep>"
+        path.add(id(value))
+        try:
+            if isinstance(value, dict):
+                return {_json_key(k): _json_safe(v, depth + 1, path) for k, v in value.items()}
+            return [_json_safe(v, depth + 1, path) for v in value]
+        finally:
+            path.discard(id(value))
+    return _safe_str(value)
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """Starlette's ``JSONResponse`` written with :func:`to_json`: never a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return to_json(content).encode("utf-8")
 
 
 def record_to_json(record: ChatRunRecord) -> dict[str, Any]:

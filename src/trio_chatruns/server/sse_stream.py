@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import attrs
 import trio
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from .sse import (
     Cursor,
+    JSONResponse,
     encode_comment,
     encode_sse,
     event_to_json,
@@ -33,7 +34,10 @@ if TYPE_CHECKING:
     from .. import ChatRunEvent, ChatRunRecord
     from .app import ChatServer
 
-__all__ = ["SSE_HEADERS", "SSEStream"]
+__all__ = ["RETRY_AFTER_SECONDS", "SSE_HEADERS", "SSEStream"]
+
+RETRY_AFTER_SECONDS = 1
+"""The ``Retry-After`` header of every ``429``, seconds."""
 
 
 class _SSESink:
@@ -97,10 +101,11 @@ class SSEStream:
         server = self.server
         plan = resolve_stream(server, self.conversation_id, self.cursor, self.resumed)
         if isinstance(plan, StreamRefusal):
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if plan.status == 429 else None
             response: Response = (
                 Response(status_code=204)
                 if plan.status == 204
-                else JSONResponse({"error": plan.message}, status_code=plan.status)
+                else JSONResponse({"error": plan.message}, status_code=plan.status, headers=headers)
             )
             await response(scope, receive, send)
             return

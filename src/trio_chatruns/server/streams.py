@@ -26,7 +26,7 @@ import attrs
 
 from .. import ChatRunEvent, ChatRunRecord, ReplayGap, RunNotFound, SubscriberLagged
 from .config import valid_conversation_id
-from .sse import Cursor, parse_cursor
+from .sse import Cursor, parse_cursor, parse_run_id, parse_seq
 
 if TYPE_CHECKING:
     from .app import ChatServer
@@ -76,22 +76,22 @@ class StreamRefusal:
 def cursor_from_request(headers: Any, query: Any) -> tuple[Cursor, bool]:
     """Read the client's cursor: ``Last-Event-ID`` first, else ``?after=&run_id=``.
 
-    Returns ``(cursor, resumed)``; ``resumed`` is ``True`` when the client sent
-    any cursor at all.
+    Both transports read both (a WebSocket client that can set headers may
+    send ``Last-Event-ID`` too). Returns ``(cursor, resumed)``; ``resumed`` is
+    ``True`` when the client sent any cursor at all.
 
     Raises:
-        ValueError: a malformed header, or ``after`` not a non-negative integer.
+        ValueError: a malformed header, ``after`` not 1 to 18 ASCII digits, or
+            ``run_id`` not 1-128 characters of ``[A-Za-z0-9._:-]``; the message
+            is fit for a client.
     """
     last_event_id = headers.get("last-event-id")
     if last_event_id:
         return parse_cursor(last_event_id), True
     after_text = query.get("after")
-    run_id = query.get("run_id") or None
-    after = 0
-    if after_text not in (None, ""):
-        if not after_text.isdigit():
-            raise ValueError(f"after must be a non-negative integer, not {after_text!r}")
-        after = int(after_text)
+    run_id_text = query.get("run_id")
+    run_id = parse_run_id(run_id_text) if run_id_text else None
+    after = parse_seq(after_text) if after_text else 0
     return Cursor(run_id=run_id, after=after), bool(after or run_id)
 
 

@@ -72,7 +72,8 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
     (:meth:`ChatServer.disconnect_streams`) closes ``1013`` too. Refusals are
     ``{"type": "error", "status", "error"}`` and close ``4000 + status``
     (``4400``, ``4404``, ``4429``, ``4503``); a run already over and fully
-    delivered gets its ``end`` message and ``1000``.
+    delivered gets its ``end`` message and ``1000``. The cursor is read as for
+    SSE: a ``Last-Event-ID`` header first, else the query.
     """
     conversation_id = websocket.path_params["conversation_id"]
     await websocket.accept()
@@ -89,7 +90,9 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
             await websocket.send_text(
                 to_json({"type": "error", "status": plan.status, "error": plan.message})
             )
-            await websocket.close(4000 + plan.status, plan.message[:120])
+            # A close reason is at most 123 bytes of UTF-8.
+            reason = plan.message.encode("utf-8")[:123].decode("utf-8", "ignore")
+            await websocket.close(4000 + plan.status, reason)
         return
     with server.track_stream(plan) as drop_scope:
         async with trio.open_nursery() as nursery:

@@ -20,15 +20,26 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
+import math
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
+import trio
+
+from ... import ChatRunStatus
 
 if TYPE_CHECKING:
     from trio_chatruns import ChatRun
 
-__all__ = ["ChatModel", "ChatRequest", "load_model", "make_producer"]
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["ChatModel", "ChatRequest", "describe_error", "load_model", "make_producer"]
+
+logger = logging.getLogger("trio_chatruns.server")
 
 
 @attrs.frozen
@@ -48,20 +59,62 @@ class ChatModel(Protocol):
     """An async callable that produces the reply to ``request`` into ``run``.
 
     Returning ends the run ``completed`` (unless the model pushed a terminal
-    status itself); raising ends it ``failed``. It must let ``trio.Cancelled``
-    propagate: that is how an interrupt or a shutdown stops it.
+    status itself); raising ends it ``failed``, with a last ``error`` frame
+    pushed by the server. It must let ``trio.Cancelled`` propagate: that is
+    how an interrupt or a shutdown stops it.
     """
 
     def __call__(self, run: ChatRun, request: ChatRequest) -> Awaitable[None]: ...
 
 
+def describe_error(exc: BaseException) -> str:
+    """``"Type: message"`` (``"Type"`` alone if no message); a group's leaves joined by ``"; "``.
+
+    The same text the registry records as ``last_error`` for a producer that raises.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe_error(child) for child in exc.exceptions)
+    try:
+        message = str(exc)
+    except Exception:
+        message = ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def make_producer(model: ChatModel, request: ChatRequest) -> Callable[[ChatRun], Awaitable[None]]:
-    """Bind ``model`` to ``request``: return the ``producer(run)`` the registry runs."""
+    """Bind ``model`` to ``request``: return the ``producer(run)`` the registry runs.
+
+    If the model raises an ``Exception`` while its run is still active and not
+    being interrupted, the producer logs it (once, to the
+    ``trio_chatruns.server`` logger) and ends the run ``failed`` with a last
+    frame ``{"type": "error", "message": "<Type>: <message>"}`` (``last_error``
+    holds the same message), so every model's failures look alike to clients.
+    Otherwise (the run already ended, or it is being cancelled) the exception
+    goes on to the registry, which records and logs it; cancellation always
+    propagates.
+    """
 
     async def producer(run: ChatRun) -> None:
-        await model(run, request)
+        try:
+            await model(run, request)
+        except Exception as exc:
+            if run.record.status.is_terminal or trio.current_effective_deadline() == -math.inf:
+                raise
+            message = describe_error(exc)
+            logger.error(
+                "chat model %s failed on run %s (conversation %r): %s",
+                name,
+                run.run_id,
+                run.conversation_id,
+                message,
+                exc_info=exc,
+            )
+            run.push_frame(
+                {"type": "error", "message": message}, status=ChatRunStatus.FAILED, error=message
+            )
 
-    producer.__qualname__ = f"producer[{type(model).__name__}]"
+    name = getattr(model, "__qualname__", None) or type(model).__name__
+    producer.__qualname__ = f"producer[{name}]"
     return producer
 
 

@@ -11,9 +11,12 @@ and turns the server-sent chunks into frames:
 - ``data: [DONE]`` → a ``done`` frame, status ``completed``.
 
 Anything the endpoint gets wrong — a non-2xx status, an ``error`` object in
-the stream, malformed JSON, a transport error, a stream that stops before
+the stream, malformed JSON, a chunk whose fields have the wrong shape (e.g.
+``choices`` not a list, ``delta.content`` not a string, a tool call
+``index`` not an integer), a transport error, a stream that stops before
 ``[DONE]`` — ends the run ``failed`` with an ``error`` frame and
-``last_error`` set to the message. Cancellation (an interrupt, a shutdown)
+``last_error`` set to the message. Only the choice with ``index`` 0 is
+followed. Cancellation (an interrupt, a shutdown)
 closes the HTTP stream and propagates.
 """
 
@@ -146,24 +149,40 @@ class OpenAIChatModel:
     def _handle_chunk(
         self, run: ChatRun, chunk: dict[str, Any], calls: dict[int, dict[str, Any]]
     ) -> str | None:
-        choices = chunk.get("choices") or []
-        if not choices:
-            return None  # e.g. a final usage-only chunk
-        choice = choices[0]
-        delta = choice.get("delta") or {}
-        content = delta.get("content")
+        """Push the frames of one parsed chunk; return its ``finish_reason``.
+
+        Only the choice with ``index`` 0 is followed (a choice without an
+        ``index`` counts as 0). Every field read is checked first.
+
+        Raises:
+            EndpointError: a field of the wrong shape.
+        """
+        choice = _first_choice(chunk)
+        if choice is None:
+            return None  # e.g. a final usage-only chunk, or another choice
+        delta = _field(choice, "delta", dict, "choices[0]") or {}
+        content = _field(delta, "content", str, "choices[0].delta")
+        tool_calls = _field(delta, "tool_calls", list, "choices[0].delta")
+        reason: str | None = _field(choice, "finish_reason", str, "choices[0]")
         if content:
             run.push_frame({"type": "token", "text": content})
-        for call_delta in delta.get("tool_calls") or []:
-            index = int(call_delta.get("index", 0))
+        for i, call_delta in enumerate(tool_calls or []):
+            where = f"choices[0].delta.tool_calls[{i}]"
+            if not isinstance(call_delta, dict):
+                raise EndpointError(f"malformed chunk from endpoint: {where} is not an object")
+            index = _field(call_delta, "index", int, where)
+            index = 0 if index is None else index
+            if index < 0:
+                raise EndpointError(f"malformed chunk from endpoint: {where}.index is negative")
+            call_id = _field(call_delta, "id", str, where)
+            function = _field(call_delta, "function", dict, where) or {}
+            new_name = _field(function, "name", str, where + ".function")
+            arguments_delta = _field(function, "arguments", str, where + ".function") or ""
             call = calls.setdefault(index, {"id": None, "name": None, "arguments": ""})
-            function = call_delta.get("function") or {}
-            if call_delta.get("id"):
-                call["id"] = call_delta["id"]
-            new_name = function.get("name")
+            if call_id:
+                call["id"] = call_id
             if new_name:
                 call["name"] = new_name
-            arguments_delta = function.get("arguments") or ""
             call["arguments"] += arguments_delta
             frame = {
                 "type": "tool_call_delta",
@@ -176,10 +195,9 @@ class OpenAIChatModel:
                 run.push_frame(frame, current_tool=new_name)
             else:
                 run.push_frame(frame)
-        reason = choice.get("finish_reason")
         if reason:
             self._finish_calls(run, calls)
-        return reason  # type: ignore[no-any-return]
+        return reason
 
     @staticmethod
     def _finish_calls(run: ChatRun, calls: dict[int, dict[str, Any]]) -> None:
@@ -216,6 +234,41 @@ def _parse_chunk(payload: str) -> dict[str, Any]:
     if chunk.get("error"):
         raise EndpointError(f"endpoint error: {_error_text(chunk)}")
     return chunk
+
+
+def _first_choice(chunk: dict[str, Any]) -> dict[str, Any] | None:
+    """The choice with ``index`` 0 (or no ``index``), ``None`` if there is none.
+
+    Raises:
+        EndpointError: ``choices`` is not a list of objects, or an ``index`` is
+            not an integer.
+    """
+    choices = _field(chunk, "choices", list, "chunk") or []
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            raise EndpointError(f"malformed chunk from endpoint: choices[{i}] is not an object")
+        index = _field(choice, "index", int, f"choices[{i}]")
+        if index is None or index == 0:
+            return choice
+    return None
+
+
+_JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", int: "an integer"}
+
+
+def _field(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    """``obj[key]`` if it is a ``kind`` (``bool`` is not an ``int``), ``None`` if absent or null.
+
+    Raises:
+        EndpointError: present with another type.
+    """
+    value = obj.get(key)
+    if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+        return value
+    raise EndpointError(
+        f"malformed chunk from endpoint: {where}.{key} is not {_JSON_TYPE_NAMES[kind]}: "
+        f"{json.dumps(value)[:100]}"
+    )
 
 
 def _error_text(body: Any) -> str:

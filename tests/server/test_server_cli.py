@@ -1,0 +1,161 @@
+"""The ``trio-chatruns`` command: bind errors, user producers, bounded shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from trio_chatruns.server import ServerSettings, serve
+from trio_chatruns.server.cli import parser
+
+SCRIPT = Path(sys.executable).with_name("trio-chatruns")
+
+USER_MODULE = textwrap.dedent(
+    """
+    import trio
+    from trio_chatruns import ChatRunStatus
+
+
+    async def echo(run, request):
+        run.push_frame({"type": "token", "text": request.prompt[::-1]})
+        run.push_frame({"type": "done", "finish_reason": "stop"}, status=ChatRunStatus.COMPLETED)
+
+
+    async def stubborn(run, request):
+        run.push_frame({"type": "token", "text": "never stopping"})
+        with trio.CancelScope(shield=True):
+            await trio.sleep(1000)
+    """
+)
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_port_in_use_is_one_error_line_and_status_1(busy_port):
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_chatruns.server", "serve", "--port", str(busy_port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("trio-chatruns: error: ")
+    assert "in use" in lines[0]
+    assert f"127.0.0.1:{busy_port}" in lines[0]
+
+
+async def test_serve_raises_a_plain_oserror(busy_port):
+    with pytest.raises(OSError) as caught:
+        await serve(None, ServerSettings(port=busy_port), handle_signals=False)  # type: ignore[arg-type]
+    assert "in use" in str(caught.value)  # the OSError itself, not a group of it
+
+
+def test_bad_log_level_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        parser().parse_args(["serve", "--log-level", "bogus"])
+    assert exited.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert parser().parse_args(["serve", "--log-level", "debug"]).log_level == "DEBUG"
+
+
+async def start_cli(cwd, *args):
+    """Start the console script in ``cwd``; return (process, url, read_stderr)."""
+    if not SCRIPT.exists():
+        pytest.skip("the trio-chatruns console script is not installed next to python")
+    process = await trio.lowlevel.open_process(
+        [str(SCRIPT), "serve", "--port", "0", *args],
+        cwd=cwd,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": ""},
+    )
+    buffer = bytearray()
+    with trio.fail_after(15):
+        while b"serving on " not in buffer:
+            chunk = await process.stderr.receive_some()
+            assert chunk, buffer.decode()
+            buffer += chunk
+    url = buffer.decode().split("serving on ")[1].split()[0]
+
+    async def rest_of_stderr():
+        while chunk := await process.stderr.receive_some():
+            buffer.extend(chunk)
+        return buffer.decode()
+
+    return process, url, rest_of_stderr
+
+
+async def wait_status(client, conversation_id, wanted):
+    with trio.fail_after(10):
+        while True:
+            record = (await client.get(f"/v1/chat/runs/{conversation_id}")).json()
+            if record["status"] in wanted:
+                return record
+            await trio.sleep(0.02)
+
+
+async def test_console_script_loads_a_producer_from_the_current_directory(tmp_path):
+    (tmp_path / "cwd_user_models.py").write_text(USER_MODULE)
+    process, url, rest_of_stderr = await start_cli(tmp_path, "--producer", "cwd_user_models:echo")
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.post("/v1/chat/runs/e", json={"prompt": "abc"})).status_code == 202
+            await wait_status(client, "e", {"completed"})
+            events = (await client.get("/v1/chat/runs/e/events")).json()["events"]
+        assert events[0]["frame"] == {"type": "token", "text": "cba"}
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+            await rest_of_stderr()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()
+
+
+async def test_shutdown_is_bounded_when_a_producer_shields_cancellation(tmp_path):
+    (tmp_path / "cwd_user_models.py").write_text(USER_MODULE)
+    graceful = 0.4
+    process, url, rest_of_stderr = await start_cli(
+        tmp_path, "--producer", "cwd_user_models:stubborn", "--graceful-timeout", str(graceful)
+    )
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.post("/v1/chat/runs/s", json={"prompt": "p"})).status_code == 202
+            with trio.fail_after(10):  # polling another process: no event to wait on
+                while not (await client.get("/v1/chat/runs/s/events")).json()["events"]:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+        started = trio.current_time()
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            code = await process.wait()
+            stderr = await rest_of_stderr()
+        elapsed = trio.current_time() - started
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()
+    assert code == 1
+    # serve() names the stuck run, then the command gives up a second later.
+    assert "graceful shutdown did not finish" in stderr
+    assert "s/" in stderr
+    assert "trio-chatruns: error: shutdown did not finish" in stderr
+    assert 1.5 * graceful + 1 < elapsed < 1.5 * graceful + 4
