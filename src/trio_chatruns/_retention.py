@@ -55,10 +55,7 @@ class RetentionIndex:
         runs = self._by_conversation
         if len(runs) > self._cap:
             return True
-        if not runs:
-            return False
-        terminated_at = next(iter(runs.values())).terminated_at
-        return terminated_at is not None and terminated_at + self._retention <= now
+        return bool(runs) and self.is_expired(next(iter(runs.values())), now)
 
     def is_expired(self, state: RunState, now: float) -> bool:
         """Whether a terminal run is past its retention at Trio time ``now``."""

@@ -137,8 +137,7 @@ class RunState:
 
         Every argument is checked before anything changes.
         """
-        if self.terminated_at is not None:
-            self._check_writable()  # raises RunTerminated
+        self._check_writable()
         # The streaming case passes no status/tool/error: skip their checks.
         new_status = None if status is None else ChatRunStatus.coerce(status)
         if current_tool is not UNSET:
