@@ -412,3 +412,41 @@ async def test_a_terminal_status_set_before_the_producer_ran_means_it_never_runs
         await trio.testing.wait_all_tasks_blocked()
         assert registry.get("c").last_error == "refused by a moderation check"
     assert ran == []
+
+
+async def test_keyboard_interrupt_while_interrupted_still_fails_the_run(autojump_clock):
+    async def producer(run):
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        async with open_chat_run_registry() as registry:
+            run = registry.try_start("c", producer)
+            await trio.sleep(1)
+            run.interrupt()
+            await trio.sleep_forever()
+    assert run.record.status is ChatRunStatus.FAILED
+    assert run.record.last_error == "KeyboardInterrupt"
+
+
+async def test_replacing_a_run_lets_its_finishing_producer_finish_until_the_deadline(
+    autojump_clock,
+):
+    saved = []
+
+    async def producer(run, save_seconds):
+        run.push_frame("answer", status="completed")
+        await trio.sleep(save_seconds)  # e.g. writing the transcript
+        saved.append(run.run_id)
+
+    config = RegistryConfig(terminal_retention=60)
+    async with open_chat_run_registry(config) as registry:
+        quick = registry.try_start("c", producer, 5)
+        await trio.testing.wait_all_tasks_blocked()
+        registry.try_start("c", producer, 1000)  # the next prompt, at once
+        await trio.sleep(10)
+        assert saved == [quick.run_id]  # the replaced run's producer finished
+        await trio.sleep(1000)
+        assert len(saved) == 1  # the hanging one was cancelled at its deadline

@@ -268,3 +268,37 @@ async def test_cancelled_waiting_subscriber_leaves_cleanly(autojump_clock):
         assert scope.cancelled_caught
         assert registry.stats().subscribers == 0
         run.interrupt()
+
+
+async def test_a_cancelled_drain_stops_at_the_next_wait(autojump_clock):
+    async with open_chat_run_registry() as registry:
+        run = registry.try_start("c", park)
+        async with registry.subscribe("c") as subscription:
+            for n in range(3):
+                run.push_frame(n)
+            seen = []
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                async for event in subscription:  # queued frames come without a checkpoint
+                    seen.append(event.seq)
+            assert scope.cancelled_caught
+            assert seen == [1, 2, 3]  # documented: the cancel lands when it must wait
+        run.interrupt()
+
+
+async def test_lagging_on_the_terminal_frame_then_resuming_from_the_retained_run(
+    autojump_clock,
+):
+    async with open_chat_run_registry(RegistryConfig(subscriber_buffer=2)) as registry:
+        run = registry.try_start("c", park)
+        async with registry.subscribe("c") as subscription:
+            run.push_frame(1)
+            run.push_frame(2)
+            run.push_frame(3, status="completed")  # overflows on the last frame
+            got = []
+            with pytest.raises(SubscriberLagged) as info:
+                async for event in subscription:
+                    got.append(event.seq)
+        assert got == [1, 2]
+        assert info.value.resume_after == 2
+        assert [e.seq for e in await collect(registry, "c", after=2)] == [3]

@@ -62,13 +62,15 @@ async def run_producer(
     - returns: ``COMPLETED``;
     - raises: ``FAILED``, with ``last_error`` ``"Type: message"``.
 
+    A ``BaseException`` that is neither an ``Exception`` nor a cancellation
+    (``KeyboardInterrupt``, ``SystemExit``) ends the run ``FAILED`` even if it
+    was interrupted, and is re-raised.
+
     Every exception other than a cancellation is logged to the
     ``trio_chatruns`` logger. An ``Exception`` is not re-raised, so the
     registry and the other runs go on. A ``Cancelled`` is always re-raised
-    (never swallowed), and so is any other ``BaseException``
-    (``KeyboardInterrupt``), which ends the run ``FAILED`` unless it was
-    interrupted. ``on_exit(state)`` is called when the producer has returned
-    or raised, before the run is ended.
+    (never swallowed). ``on_exit(state)`` is called when the producer has
+    returned or raised, before the run is ended.
     """
     if state.terminated_at is not None:
         return  # ended before it got to run (an interrupt): never call the producer
@@ -109,7 +111,11 @@ def _end_run(state: RunState, *, interrupted: bool, error: BaseException | None)
     if state.terminated_at is not None:
         return  # the producer had already ended the run itself
     description = UNSET if error is None else _describe(error)
-    if interrupted or state.interrupt_requested:
+    if error is not None and not isinstance(error, Exception):
+        # KeyboardInterrupt & co. always mean FAILED, even while interrupted:
+        # the process is going down, not the user's request.
+        state.update(ChatRunStatus.FAILED, error=description)
+    elif interrupted or state.interrupt_requested:
         state.end_cancelled(error=description)
     elif error is None:
         state.mark_terminal(ChatRunStatus.COMPLETED)

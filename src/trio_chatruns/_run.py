@@ -224,7 +224,7 @@ class RunState:
         If the producer has not started yet it never will: the run ends
         ``CANCELLED`` here and now. Otherwise its cancel scope is cancelled and
         the run ends ``CANCELLED`` when the producer exits
-        (:meth:`producer_exited`).
+        (see ``run_producer`` in ``_producer.py``).
         """
         if self.terminated_at is not None:
             return False

@@ -100,8 +100,10 @@ def resolve_stream(
 ) -> StreamPlan | StreamRefusal:
     """Decide whether (and from where) to stream ``conversation_id`` to a client.
 
-    Synchronous: no checkpoint, so the answer still holds when the caller
-    subscribes right after.
+    Synchronous, no checkpoint. The transports send response headers before
+    they subscribe, so the run may change in between; that is safe because the
+    plan pins ``run_id`` and :func:`pump` handles ``RunNotFound`` and
+    ``ReplayGap`` when it subscribes.
     """
     if not valid_conversation_id(conversation_id):
         return StreamRefusal(400, "invalid conversation id")

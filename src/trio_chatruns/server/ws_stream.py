@@ -32,10 +32,15 @@ class _WSSink:
         self._lock = trio.Lock()
         self.last_sent = trio.current_time()
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(
+        self, message: dict[str, Any], *, then_close: int | None = None, reason: str | None = None
+    ) -> None:
         async with self._lock:
             await self._ws.send_text(to_json(message))
             self.last_sent = trio.current_time()
+            if then_close is not None:
+                # Under the same lock: no heartbeat can slip in before the close.
+                await self._ws.close(then_close, reason)
 
     async def heartbeat(self, interval: float) -> None:
         while True:
@@ -51,14 +56,14 @@ class _WSSink:
 
     async def end(self, record: ChatRunRecord | None) -> None:
         data = None if record is None else record_to_json(record)
-        await self.send({"type": "end", "record": data})
-        async with self._lock:
-            await self._ws.close(WS_CLOSE_DONE)
+        await self.send({"type": "end", "record": data}, then_close=WS_CLOSE_DONE)
 
     async def lagged(self, resume_after: int, run_id: str) -> None:
-        await self.send({"type": "lagged", "run_id": run_id, "resume_after": resume_after})
-        async with self._lock:
-            await self._ws.close(WS_CLOSE_RESUME, f"lagged; resume after {resume_after}")
+        await self.send(
+            {"type": "lagged", "run_id": run_id, "resume_after": resume_after},
+            then_close=WS_CLOSE_RESUME,
+            reason=f"lagged; resume after {resume_after}",
+        )
 
 
 async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
