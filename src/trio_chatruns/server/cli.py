@@ -17,7 +17,13 @@ from collections.abc import Sequence
 
 import trio
 
-from .. import MAX_EVENTS_PER_RUN, MAX_RETAINED_TERMINAL, TERMINAL_RETENTION, RegistryConfig
+from .. import (
+    MAX_EVENTS_PER_RUN,
+    MAX_RETAINED_TERMINAL,
+    SUBSCRIBER_BUFFER,
+    TERMINAL_RETENTION,
+    RegistryConfig,
+)
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 from .producers import ChatModel, OpenAIChatModel, ScriptedModel, load_model
 from .runner import RunningServer, only_leaf, serve, shutdown_deadline
@@ -65,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--subscriber-buffer",
         type=int,
-        default=256,
+        default=SUBSCRIBER_BUFFER,
         help="live frames queued per stream before it is dropped as lagging",
     )
 
