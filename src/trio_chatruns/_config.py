@@ -65,9 +65,10 @@ class RegistryConfig:
     Attributes:
         max_events_per_run (int, >= 1): frames kept per run for replay; the
             oldest are trimmed first. Default :data:`MAX_EVENTS_PER_RUN` (1000).
-        terminal_retention (float, seconds, >= 0; ints are converted): how long a terminal run is
-            kept after ``terminated_at``; ``0`` evicts it as soon as it ends,
-            ``math.inf`` never by time. Default :data:`TERMINAL_RETENTION` (300).
+        terminal_retention (float, seconds, >= 0; an int is converted): how
+            long a terminal run is kept after ``terminated_at``; ``0`` evicts it
+            as soon as it ends, ``math.inf`` never by time. Default
+            :data:`TERMINAL_RETENTION` (300).
         max_retained_terminal (int, >= 0): terminal runs kept at most; past it
             the one with the oldest ``terminated_at`` is evicted. Active runs never
             count. Default :data:`MAX_RETAINED_TERMINAL` (256).

@@ -63,16 +63,17 @@ class Fanout:
         A subscriber whose channel is full is dropped and flagged as lagged; one
         whose receive end is already closed is just forgotten.
         """
-        dropped: list[Subscriber] = []
+        # No list is made unless someone is dropped: this runs on every push.
+        dropped: list[Subscriber] | None = None
         for subscriber in self._subscribers:
             try:
                 subscriber.send.send_nowait(event)
-            except trio.WouldBlock:
-                subscriber.lagged = True
+            except (trio.WouldBlock, trio.BrokenResourceError) as exc:
+                subscriber.lagged = isinstance(exc, trio.WouldBlock)
+                if dropped is None:
+                    dropped = []
                 dropped.append(subscriber)
-            except trio.BrokenResourceError:
-                dropped.append(subscriber)
-        if dropped:
+        if dropped is not None:
             for subscriber in dropped:
                 del self._subscribers[subscriber]
                 subscriber.send.close()

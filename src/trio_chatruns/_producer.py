@@ -110,14 +110,14 @@ def _end_run(state: RunState, *, interrupted: bool, error: BaseException | None)
         )
     if state.terminated_at is not None:
         return  # the producer had already ended the run itself
-    description = UNSET if error is None else _describe(error)
-    if error is not None and not isinstance(error, Exception):
-        # KeyboardInterrupt & co. always mean FAILED, even while interrupted:
-        # the process is going down, not the user's request.
-        state.update(ChatRunStatus.FAILED, error=description)
-    elif interrupted or state.interrupt_requested:
-        state.end_cancelled(error=description)
-    elif error is None:
+    if error is None and not (interrupted or state.interrupt_requested):
         state.mark_terminal(ChatRunStatus.COMPLETED)
+        return
+    description = UNSET if error is None else _describe(error)
+    # KeyboardInterrupt & co. mean FAILED even while interrupted: the process
+    # is going down, not the user's request.
+    fatal = error is not None and not isinstance(error, Exception)
+    if (interrupted or state.interrupt_requested) and not fatal:
+        state.end_cancelled(error=description)
     else:
         state.update(ChatRunStatus.FAILED, error=description)

@@ -114,7 +114,7 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
             self._forget(state)
             counters.evicted_ttl += 1
             evicted += 1
-        for state in self._retention.pop_over_cap():
+        for state in retention.pop_over_cap():
             self._forget(state)
             counters.evicted_lru += 1
             evicted += 1

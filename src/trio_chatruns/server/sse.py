@@ -20,7 +20,8 @@ from typing import Any
 import attrs
 from starlette.responses import JSONResponse as _StarletteJSONResponse
 
-from .._records import ChatRunEvent, ChatRunRecord
+from .. import ChatRunEvent, ChatRunRecord
+from .config import CONVERSATION_ID_PATTERN
 
 __all__ = [
     "MAX_SEQ_DIGITS",
@@ -41,7 +42,7 @@ MAX_SEQ_DIGITS = 18
 """A seq in a cursor is 1 to 18 ASCII digits: always an exact, cheap ``int``."""
 
 _SEQ = re.compile(r"[0-9]{1,%d}" % MAX_SEQ_DIGITS)  # noqa: UP031 - a regex, not text
-_RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_RUN_ID = CONVERSATION_ID_PATTERN  # run ids follow the same safe-token rule
 
 
 def _show(text: str, limit: int = 40) -> str:
