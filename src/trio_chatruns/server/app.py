@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from .config import ServerSettings
+from .conversation_routes import conversation_routes
 from .routes import api_routes, error_handlers
 from .ws_stream import websocket_stream
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from starlette.websockets import WebSocket
 
     from .. import ChatRunRegistry
+    from .conversations import ConversationHistory
     from .producers import ChatModel
     from .streams import StreamPlan
 
@@ -62,12 +64,17 @@ class ChatServer:
         registry (ChatRunRegistry): where runs live; owned by the caller.
         model (ChatModel): produces every reply.
         settings (ServerSettings): limits and timings.
+        history (ConversationHistory | None): the conversation history (the
+            registry's ``on_run_end`` must be its ``on_run_end``); ``None``:
+            no history, each prompt is sent alone and the conversation routes
+            answer 404.
         app (Starlette): the ASGI application, built at construction.
     """
 
     registry: ChatRunRegistry
     model: ChatModel
     settings: ServerSettings = attrs.field(factory=ServerSettings)
+    history: ConversationHistory | None = None
     app: Starlette = attrs.field(init=False, repr=False)
     """The Starlette ASGI application serving the API, the streams and the page."""
     _closing: bool = attrs.field(default=False, init=False)
@@ -89,10 +96,13 @@ class ChatServer:
 
     def __attrs_post_init__(self) -> None:
         self.app = self._build_app()
+        if self.history is not None:
+            self.history.shutting_down = lambda: self._closing
 
     def _build_app(self) -> Starlette:
         index = _static("index.html")
         script = _static("app.js")
+        style = _static("style.css")
 
         async def page(request: Request) -> Response:
             return Response(index, media_type="text/html; charset=utf-8")
@@ -100,13 +110,18 @@ class ChatServer:
         async def page_script(request: Request) -> Response:
             return Response(script, media_type="text/javascript; charset=utf-8")
 
+        async def page_style(request: Request) -> Response:
+            return Response(style, media_type="text/css; charset=utf-8")
+
         async def ws(websocket: WebSocket) -> None:
             await websocket_stream(self, websocket)
 
         routes = [
             Route("/", page),
             Route("/app.js", page_script),
+            Route("/style.css", page_style),
             *api_routes(),
+            *conversation_routes(),
             WebSocketRoute("/v1/chat/runs/{conversation_id}/ws", ws),
         ]
         app = Starlette(routes=routes, exception_handlers=error_handlers())

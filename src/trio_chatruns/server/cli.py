@@ -25,6 +25,7 @@ from .. import (
     RegistryConfig,
 )
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+from .history import DEFAULT_DB_FILENAME, HistoryError
 from .producers import ChatModel, OpenAIChatModel, ScriptedModel, load_model
 from .runner import RunningServer, only_leaf, serve, shutdown_deadline
 
@@ -118,6 +119,20 @@ def parser() -> argparse.ArgumentParser:
         "--system-prompt", default=None, help="system message for the openai producer"
     )
     model.add_argument("--tokens-per-second", type=float, default=30.0, help="scripted model rate")
+    hist = p.add_argument_group("history")
+    hist.add_argument(
+        "--db",
+        default=DEFAULT_DB_FILENAME,
+        help="SQLite file keeping conversation history (':memory:' keeps none); "
+        "delete the file to wipe the history",
+    )
+    hist.add_argument(
+        "--history-messages",
+        type=int,
+        default=20,
+        help="earlier messages of the conversation sent to the model with a prompt "
+        "(oldest dropped first; 0: none)",
+    )
     p.add_argument(
         "--log-level",
         default="INFO",
@@ -176,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_interval=args.heartbeat,
             body_timeout=args.body_timeout,
             graceful_timeout=args.graceful_timeout,
+            db=args.db,
+            history_messages=args.history_messages,
         )
         registry_config = RegistryConfig(
             max_events_per_run=args.max_events,
@@ -192,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BaseException as exc:
         # Trio hands a nursery's errors on in (nested) exception groups.
+        history_error = only_leaf(exc, HistoryError)
+        if history_error is not None:
+            print(f"trio-chatruns: error: {history_error}", file=sys.stderr)
+            return 1
         os_error = only_leaf(exc, OSError)
         if os_error is None:
             if only_leaf(exc, KeyboardInterrupt) is not None:
@@ -222,6 +243,17 @@ async def _main(
                 file=sys.stderr,
                 flush=True,
             )
+            history = running.server.history
+            if history is not None:
+                where = history.store.path
+                print(
+                    f"trio-chatruns: conversation history in {where} (delete the file to wipe it)"
+                    if history.store.persistent
+                    else "trio-chatruns: conversation history in memory (--db :memory:): "
+                    "kept until the server stops",
+                    file=sys.stderr,
+                    flush=True,
+                )
             await running.wait_shutdown_requested()
             # Trio cannot stop a producer that shields itself from cancellation:
             # past the deadline (serve() has logged which runs), end the process.

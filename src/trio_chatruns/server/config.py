@@ -68,6 +68,13 @@ class ServerSettings:
             messages every ``heartbeat_interval`` of silence instead.
         graceful_timeout (float): seconds hypercorn waits for open connections
             to finish after shutdown starts, before cancelling them.
+        db (str): the SQLite file holding conversation history, or
+            ``":memory:"`` (the default here, so embedding writes no file;
+            ``trio-chatruns serve`` defaults to ``trio-chatruns.db`` in the
+            current directory).
+        history_messages (int): the most earlier messages of the
+            conversation handed to the model with a prompt (oldest dropped
+            first); ``0`` sends each prompt alone.
     """
 
     host: str = attrs.field(default=DEFAULT_HOST, validator=v.instance_of(str))
@@ -85,3 +92,5 @@ class ServerSettings:
         default=None, validator=v.optional(_pos_float)
     )
     graceful_timeout: float = attrs.field(default=5.0, validator=_pos_float)
+    db: str = attrs.field(default=":memory:", validator=[v.instance_of(str), v.min_len(1)])
+    history_messages: int = attrs.field(default=20, validator=[v.instance_of(int), v.ge(0)])

@@ -20,10 +20,10 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import RunAlreadyActive
+from .. import RunAlreadyActive, RunQueueFull
 from .config import valid_conversation_id
 from .producers import ChatRequest, make_producer
-from .sse import JSONResponse, event_to_json, parse_seq, record_to_json
+from .sse import JSONResponse, event_to_json, parse_seq, record_to_json, to_json
 from .sse_stream import RETRY_AFTER_SECONDS, SSEStream
 from .streams import cursor_from_request
 
@@ -116,8 +116,18 @@ async def _read_body(server: ChatServer, request: Request) -> bytes:
     return bytes(body)
 
 
+_POLICIES = ("reject", "interrupt", "enqueue")
+
+
 async def start_run(request: Request) -> Response:
-    """``POST /v1/chat/runs/{conversation_id}`` with ``{"prompt": str}`` → 202."""
+    """``POST /v1/chat/runs/{conversation_id}`` with ``{"prompt": str, "if_active"?: str}`` → 202.
+
+    ``if_active`` is the start policy when the conversation has an active
+    run (``StartPolicy``): ``reject`` (the default: 409), ``interrupt``
+    (stop it, then start this one) or ``enqueue`` (start this one after the
+    runs before it); a run that has to wait answers ``"status": "queued"``,
+    a full queue 429. With history on, the prompt is stored before the 202.
+    """
     server = _server(request)
     conversation_id = _conversation_id(request)
     body = await _read_body(server, request)
@@ -135,23 +145,43 @@ async def start_run(request: Request) -> Response:
     except UnicodeEncodeError:
         # JSON's \ud800 escapes can name half a surrogate pair: not text.
         raise ApiError(400, "prompt is not valid Unicode (it holds a lone surrogate)") from None
+    if_active = payload.get("if_active", "reject")
+    if if_active not in _POLICIES:
+        raise ApiError(
+            400,
+            '"if_active" must be "reject", "interrupt" or "enqueue", '
+            f"got {to_json(if_active)[:60]}",
+        )
     # No checkpoint from here on: the checks and the start are one atomic step.
     if server.closing:
         raise ApiError(503, "server is shutting down")
     registry = server.registry
     current = registry.get(conversation_id)
-    if current is not None and current.status.is_active:
+    if if_active == "reject" and current is not None and current.status.is_active:
         raise ApiError(409, f"conversation {conversation_id!r} already has an active run")
     if registry.stats().active >= server.settings.max_active_runs:
         raise too_many("too many active runs; try again later")
-    producer = make_producer(server.model, ChatRequest(conversation_id, prompt))
+    history = server.history
+    if history is None:
+        producer = make_producer(server.model, ChatRequest(conversation_id, prompt))
+    else:
+        position = history.reserve_position()
+        producer = history.producer(server.model, conversation_id, prompt, position)
     try:
-        run = registry.try_start(conversation_id, producer)
+        run = registry.try_start(conversation_id, producer, if_active=if_active)
     except RunAlreadyActive:
         raise ApiError(409, f"conversation {conversation_id!r} already has an active run") from None
+    except RunQueueFull:
+        raise too_many(f"conversation {conversation_id!r} has too many queued runs") from None
     except RuntimeError:
         raise ApiError(503, "server is shutting down") from None
-    return JSONResponse({"run_id": run.run_id, "conversation_id": conversation_id}, status_code=202)
+    status = run.record.status.value
+    if history is not None:
+        await history.store_prompt(history.accept(run, prompt, position))
+    return JSONResponse(
+        {"run_id": run.run_id, "conversation_id": conversation_id, "status": status},
+        status_code=202,
+    )
 
 
 async def list_runs(request: Request) -> Response:

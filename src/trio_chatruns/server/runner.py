@@ -43,6 +43,7 @@ from hypercorn.config import Config as HypercornConfig
 from .. import RegistryConfig, open_chat_run_registry
 from .app import ChatServer
 from .config import ServerSettings
+from .conversations import open_conversation_history
 
 if TYPE_CHECKING:
     from .. import ChatRunRegistry
@@ -210,8 +211,13 @@ async def _serve(
     registry: ChatRunRegistry | None = None
     async with trio.open_nursery() as guard:
         guard.start_soon(_shutdown_watchdog, stop, settings, lambda: registry)
-        async with open_chat_run_registry(registry_config) as registry:
-            server = ChatServer(registry, model, settings)
+        async with (
+            open_conversation_history(settings.db, settings.history_messages) as history,
+            # The registry closes first and waits for its run-end hooks, so
+            # the replies cut by the shutdown are saved before the store closes.
+            open_chat_run_registry(registry_config, on_run_end=history.on_run_end) as registry,
+        ):
+            server = ChatServer(registry, model, settings, history=history)
 
             async def shutdown_trigger() -> None:
                 await stop.wait()

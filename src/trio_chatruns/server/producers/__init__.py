@@ -10,11 +10,12 @@ network) and :class:`OpenAIChatModel` (any OpenAI-compatible streaming
 endpoint). :func:`load_model` resolves a ``module:function`` spec to your own.
 """
 
-from .base import ChatModel, ChatRequest, load_model, make_producer
+from .base import ChatMessage, ChatModel, ChatRequest, load_model, make_producer
 from .openai import OpenAIChatModel
 from .scripted import ScriptedModel, scripted_reply
 
 __all__ = [
+    "ChatMessage",
     "ChatModel",
     "ChatRequest",
     "OpenAIChatModel",

@@ -37,22 +37,49 @@ if TYPE_CHECKING:
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["ChatModel", "ChatRequest", "describe_error", "load_model", "make_producer"]
+__all__ = [
+    "ChatMessage",
+    "ChatModel",
+    "ChatRequest",
+    "describe_error",
+    "load_model",
+    "make_producer",
+]
 
 logger = logging.getLogger("trio_chatruns.server")
 
 
 @attrs.frozen
+class ChatMessage:
+    """One earlier message of a conversation, as a model receives it.
+
+    Attributes:
+        role (str): ``"user"`` or ``"assistant"``.
+        content (str): the text (an assistant message holds its reply's text).
+    """
+
+    role: str
+    content: str
+
+
+@attrs.frozen
 class ChatRequest:
-    """What a client asked for: one user turn.
+    """What a client asked for: one user turn, with the conversation so far.
 
     Attributes:
         conversation_id (str): the conversation the turn belongs to.
         prompt (str): the user's message.
+        history (tuple[ChatMessage, ...]): the earlier messages of the
+            conversation, oldest first, at most ``--history-messages`` of
+            them (the oldest are dropped first); ``()`` for a first turn.
+        turn (int): which turn of the conversation this is, from 1 (counted
+            over the whole stored conversation, not only ``history``).
     """
 
     conversation_id: str
     prompt: str
+    history: tuple[ChatMessage, ...] = ()
+    turn: int = 1
 
 
 class ChatModel(Protocol):

@@ -71,10 +71,16 @@ class OpenAIChatModel:
         return self.base_url.rstrip("/") + "/chat/completions"
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
-        """The JSON body sent for ``request``."""
+        """The JSON body sent for ``request``.
+
+        ``messages`` is the system prompt (if any), the conversation's earlier
+        messages (``request.history``, already bounded by
+        ``--history-messages``), then the prompt.
+        """
         messages: list[dict[str, str]] = []
         if self.system_prompt:
             messages.append({"role": "system", "content": self.system_prompt})
+        messages.extend({"role": m.role, "content": m.content} for m in request.history)
         messages.append({"role": "user", "content": request.prompt})
         return {**self.extra_body, "model": self.model, "messages": messages, "stream": True}
 

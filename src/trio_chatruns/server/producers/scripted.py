@@ -11,6 +11,10 @@ active status on the way, so a client (or a test) sees the whole protocol:
 4. the second third; ``waiting_hitl`` — a pause as if asking the user;
 5. the rest, then ``done`` with status ``completed``.
 
+The first token names the turn of the conversation it answers and how many
+earlier messages it was given (see :func:`scripted_reply`), so the demo shows
+the conversation's memory without a network.
+
 A prompt starting with ``/fail`` makes the run end ``failed`` halfway, to show
 that path. Interrupts work at every pause: the model only waits in
 ``trio.sleep``, and lets the cancellation through.
@@ -42,16 +46,22 @@ _WORDS = (
 )  # fmt: skip
 
 
-def scripted_reply(prompt: str, n_tokens: int = 90) -> list[str]:
+def scripted_reply(
+    prompt: str, n_tokens: int = 90, *, turn: int = 1, history: int = 0
+) -> list[str]:
     """Return the reply tokens :class:`ScriptedModel` streams for ``prompt``.
 
     Deterministic (a SHA-256 of the prompt picks the words), so tests can
     compare the text a client assembled with ``"".join(scripted_reply(p))``.
-    Each token is a word followed by a space or punctuation; the first echoes
-    the prompt's length so different prompts differ from the first token.
+    Each token is a word followed by a space or punctuation; the first says
+    which turn of the conversation is answered, how many earlier messages
+    the model was given (``history``, when any) and the prompt's length, so
+    the demo shows the model knows the conversation: ``"[turn 2, 2 earlier
+    messages, 14 chars] "``.
     """
     digest = hashlib.sha256(prompt.encode("utf-8")).digest()
-    tokens = [f"[{len(prompt)} chars] "]
+    earlier = f"{history} earlier message{'s' if history != 1 else ''}, " if history else ""
+    tokens = [f"[turn {turn}, {earlier}{len(prompt)} chars] "]
     for i in range(1, n_tokens):
         byte = digest[i % len(digest)] ^ (i * 37 & 0xFF)
         word = _WORDS[byte % len(_WORDS)]
@@ -87,7 +97,9 @@ class ScriptedModel:
         """
         interval = 1.0 / self.tokens_per_second
         pause = interval * self.pause_tokens
-        tokens = scripted_reply(request.prompt, self.reply_tokens)
+        tokens = scripted_reply(
+            request.prompt, self.reply_tokens, turn=request.turn, history=len(request.history)
+        )
         third = len(tokens) // 3
 
         def status(s: ChatRunStatus, tool: str | None) -> None:
