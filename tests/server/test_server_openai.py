@@ -255,3 +255,37 @@ async def test_unreachable_endpoint_fails_the_run(start_server):
     )
     assert record["status"] == "failed"
     assert record["last_error"].startswith("ConnectError")
+
+
+async def test_prior_turns_are_sent_as_messages_bounded(start_server, fake_openai):
+    base_url, seen = fake_openai
+    model = OpenAIChatModel(base_url=base_url, model="ok", system_prompt="be brief")
+    running = await start_server(model=model, history_messages=3)
+    async with httpx.AsyncClient(base_url=running.url) as client:
+        for prompt in ("one", "two", "three"):
+            answer = await client.post("/v1/chat/runs/hist", json={"prompt": prompt})
+            assert answer.status_code == 202
+            run_id = answer.json()["run_id"]
+            with trio.fail_after(10):
+                async with running.server.registry.subscribe("hist", run_id=run_id) as events:
+                    async for _ in events:
+                        pass
+            # The reply is saved by the run-end hook; the next turn waits for it.
+    bodies = [body["messages"] for _, body in seen]
+    assert bodies[0] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "one"},
+    ]
+    assert bodies[1][1:] == [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "Hello, world"},
+        {"role": "user", "content": "two"},
+    ]
+    # --history-messages 3: the oldest earlier message ("one") is dropped first.
+    assert bodies[2] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "assistant", "content": "Hello, world"},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "Hello, world"},
+        {"role": "user", "content": "three"},
+    ]

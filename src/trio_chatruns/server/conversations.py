@@ -278,6 +278,15 @@ class ConversationHistory:
             )
             reply = turn.reply
             if reply is None:
+                record = registry.get(turn.conversation_id)
+                if record is not None and record.run_id == turn.run_id and record.status.is_terminal:
+                    # Ended, its hook not done yet: answer what it is about to save.
+                    reply = reply_from_events(
+                        record,
+                        registry.events(turn.conversation_id),
+                        shutting_down=self.shutting_down(),
+                    )
+            if reply is None:
                 status = self.live_status(registry, turn.conversation_id, turn.run_id)
                 out.append(
                     {

@@ -115,6 +115,11 @@ def resolve_stream(
             return StreamRefusal(204, "run is over and no longer retained")
         return StreamRefusal(404, f"no run for conversation {conversation_id!r}")
     if cursor.run_id is not None and cursor.run_id != record.run_id:
+        queued = _queued_record(server, conversation_id, cursor.run_id)
+        if queued is not None:
+            # A queued run (if_active=enqueue/interrupt): the stream waits for it to start.
+            record = queued
+    if cursor.run_id is not None and cursor.run_id != record.run_id:
         # Only a terminal run is ever replaced, so the run the client followed is over.
         return StreamRefusal(204, "run is over; the conversation has a newer run")
     if cursor.after > record.latest_seq:
@@ -126,6 +131,13 @@ def resolve_stream(
     if server.subscriber_count(record.run_id) >= server.settings.max_subscribers_per_run:
         return StreamRefusal(429, "too many streams open for this run")
     return StreamPlan(conversation_id, record.run_id, cursor.after, record, resumed)
+
+
+def _queued_record(server: ChatServer, conversation_id: str, run_id: str) -> ChatRunRecord | None:
+    for queued in server.registry.queued(conversation_id):
+        if queued.run_id == run_id:
+            return queued
+    return None
 
 
 class StreamSink(Protocol):
