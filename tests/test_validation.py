@@ -101,6 +101,7 @@ def test_status_is_a_json_friendly_str_enum():
         "cancelled",
     ]
     assert [s for s in ChatRunStatus if s.is_active] == [
+        ChatRunStatus.QUEUED,
         ChatRunStatus.RUNNING,
         ChatRunStatus.WAITING_APPROVAL,
         ChatRunStatus.WAITING_HITL,
