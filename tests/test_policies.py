@@ -191,9 +191,10 @@ async def test_interrupt_policy_cancels_the_queue_and_starts_after_the_interrupt
         await trio.testing.wait_all_tasks_blocked()
         q1 = registry.try_start("c", worker, "q1", if_active="enqueue")
         q2 = registry.try_start("c", worker, "q2", if_active="enqueue")
-        async with registry.subscribe("c") as of_a, registry.subscribe(
-            "c", run_id=q1.run_id
-        ) as of_q1:
+        async with (
+            registry.subscribe("c") as of_a,
+            registry.subscribe("c", run_id=q1.run_id) as of_q1,
+        ):
             new = registry.try_start("c", worker, "new", if_active="interrupt")
             # The queued runs ended cancelled at once, without running.
             for run in (q1, q2):

@@ -1,27 +1,40 @@
-"""The browser page in headless Chromium, driven over the DevTools protocol.
+"""The chat page in headless Chromium, driven over the DevTools protocol.
 
-The page starts a run; the test cuts every stream mid-reply (as a network drop
-would); EventSource reconnects by itself with Last-Event-ID, and the page ends
-with the complete reply exactly once. Then a reload mid-stream does the same.
+- Streams cut mid-reply (as a network drop would): EventSource reconnects by
+  itself with Last-Event-ID; the reply ends complete, shown exactly once.
+- Two turns, then a reload mid-reply of the second: both turns shown once, the
+  second completes.
+- Sending while a reply streams offers the policies; "Queue it" shows the
+  queued turn, which then runs.
+- The server restarted mid-reply on the same --db: the page says the server is
+  unreachable while it is down, then that the run was lost, with the history
+  intact.
+- A bad ``#c=`` is refused with a message and nothing can be sent.
+- 390 px wide, light and dark: nothing overflows.
 
-Needs Debian's ``chromium`` at /usr/bin/chromium (``.ci/run`` installs it);
-skipped with a reason when it is missing.
+Every scenario saves screenshots: in ``$CHATRUNS_SCREENSHOTS`` if set, else in
+the test's tmp directory (``pytest --basetemp=DIR`` keeps them in a known
+place); the path is printed. Needs Debian's ``chromium`` at /usr/bin/chromium
+(``.ci/run`` installs it); skipped with a reason when it is missing.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import itertools
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 import trio
 from trio_websocket import wrap_client_stream
 
-from trio_chatruns.server import ScriptedModel
+from trio_chatruns.server import ScriptedModel, ServerSettings, serve
 from trio_chatruns.server.producers import scripted_reply
 
 CHROMIUM = "/usr/bin/chromium"
@@ -31,7 +44,7 @@ pytestmark = pytest.mark.skipif(
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--remote-debugging-port=0",
+    "--hide-scrollbars", "--remote-debugging-port=0",
 ]  # fmt: skip
 MODEL = ScriptedModel(tokens_per_second=40.0, reply_tokens=100, pause_tokens=2)
 
@@ -43,10 +56,13 @@ class DevTools:
         self._ws = ws
         self._ids = itertools.count(1)
         self._waiting = {}
+        self.exceptions = []  # Runtime.exceptionThrown: uncaught errors in a page
 
     async def reader(self):
         while True:
             message = json.loads(await self._ws.get_message())
+            if message.get("method") == "Runtime.exceptionThrown":
+                self.exceptions.append(message["params"]["exceptionDetails"])
             waiter = self._waiting.pop(message.get("id"), None)
             if waiter is not None:
                 waiter[1] = message
@@ -60,7 +76,7 @@ class DevTools:
         if session:
             message["sessionId"] = session
         await self._ws.send_message(json.dumps(message))
-        with trio.fail_after(10):
+        with trio.fail_after(15):
             await waiter[0].wait()
         reply = waiter[1]
         if "error" in reply:
@@ -93,37 +109,9 @@ async def open_chromium(nursery, user_data_dir):
     return process, url
 
 
-async def evaluate(devtools, session, expression):
-    result = await devtools.call(
-        "Runtime.evaluate", session, expression=expression, returnByValue=True, awaitPromise=True
-    )
-    if "exceptionDetails" in result:
-        raise RuntimeError(f"JS error: {result['exceptionDetails']}")
-    return result["result"].get("value")
-
-
-async def wait_for(devtools, session, expression, seconds=20):
-    with trio.fail_after(seconds):
-        while True:
-            value = await evaluate(devtools, session, expression)
-            if value:
-                return value
-            await trio.sleep(0.05)
-
-
-STATE = (
-    "JSON.stringify({text: chatState.text, status: chatState.status, ended: chatState.ended, "
-    "opens: chatState.opens, duplicates: chatState.duplicates, gaps: chatState.gaps, "
-    "dom: document.getElementById('reply').textContent, runId: chatState.runId})"
-)
-
-
-async def page_state(devtools, session):
-    return json.loads(await evaluate(devtools, session, STATE))
-
-
-async def test_page_survives_drops_and_reloads(start_server):
-    running = await start_server(model=MODEL, sse_retry_ms=100)
+@contextlib.asynccontextmanager
+async def browser():
+    """Yield a :class:`DevTools` connected to a fresh headless Chromium."""
     user_data_dir = tempfile.mkdtemp(prefix="chatruns-chromium-")
     process = None
     try:
@@ -138,11 +126,11 @@ async def test_page_survives_drops_and_reloads(start_server):
                     trio.open_nursery() as cdp,
                 ):
                     ws = await wrap_client_stream(
-                        cdp, stream, host, "/" + path, max_message_size=2**24
+                        cdp, stream, host, "/" + path, max_message_size=2**26
                     )
                     devtools = DevTools(ws)
                     cdp.start_soon(devtools.reader)
-                    await run_scenario(running, devtools)
+                    yield devtools
                     cdp.cancel_scope.cancel()
             finally:
                 process.terminate()
@@ -158,77 +146,270 @@ async def test_page_survives_drops_and_reloads(start_server):
         shutil.rmtree(user_data_dir, ignore_errors=True)
 
 
-async def open_tab(devtools, url):
+async def evaluate(devtools, session, expression):
+    result = await devtools.call(
+        "Runtime.evaluate", session, expression=expression, returnByValue=True, awaitPromise=True
+    )
+    if "exceptionDetails" in result:
+        raise RuntimeError(f"JS error: {result['exceptionDetails']}")
+    return result["result"].get("value")
+
+
+async def wait_for(devtools, session, expression, seconds=20):
+    # Polling the page: it runs in another process, there is no event to wait on.
+    with trio.fail_after(seconds):
+        while True:
+            value = await evaluate(devtools, session, expression)
+            if value:
+                return value
+            await trio.sleep(0.05)
+
+
+async def open_tab(devtools, url, width=None):
     """Open ``url`` in a new tab; return its session once the page script runs."""
-    target = await devtools.call("Target.createTarget", url=url)
+    target = await devtools.call("Target.createTarget", url="about:blank")
     attached = await devtools.call(
         "Target.attachToTarget", targetId=target["targetId"], flatten=True
     )
     session = attached["sessionId"]
+    await devtools.call("Runtime.enable", session)
+    await devtools.call(
+        "Emulation.setDeviceMetricsOverride",
+        session,
+        width=width or 1100,
+        height=844 if width else 760,
+        deviceScaleFactor=1,
+        mobile=bool(width),
+    )
+    await devtools.call("Page.navigate", session, url=url)
     await wait_for(devtools, session, "typeof window.chatState === 'object'")
     return session
 
 
-async def run_scenario(running, devtools):
-    session = await open_tab(devtools, f"{running.url}/#c=browser-1")
-    assert await evaluate(devtools, session, "chatState.conversationId") == "browser-1"
+@pytest.fixture
+def shots(tmp_path):
+    folder = Path(os.environ.get("CHATRUNS_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots in {folder}")
+    return folder
 
-    # 1. Start a run from the page; cut every stream three times mid-reply.
-    prompt = "hello from chromium"
+
+async def screenshot(devtools, session, path, dark=False):
+    features = [{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]
+    await devtools.call("Emulation.setEmulatedMedia", session, features=features)
+    shot = await devtools.call("Page.captureScreenshot", session, format="png")
+    path.write_bytes(base64.b64decode(shot["data"]))
+
+
+TURNS = """JSON.stringify(Array.from(document.querySelectorAll('#transcript > li')).map(li => ({
+  run: li.dataset.runId,
+  user: li.querySelector('.msg.user').textContent,
+  reply: li.querySelector('.msg.assistant .text').textContent,
+  badge: li.querySelector('.badge').textContent,
+  note: li.querySelector('.note').textContent,
+})))"""
+
+STATE = (
+    "JSON.stringify({text: chatState.text, status: chatState.status, ended: chatState.ended, "
+    "opens: chatState.opens, duplicates: chatState.duplicates, gaps: chatState.gaps, "
+    "runId: chatState.runId, errors: chatState.errors, lost: chatState.lost, "
+    "unreachable: chatState.unreachable, banner: document.getElementById('banner').hidden ? '' "
+    ": document.getElementById('banner').textContent, "
+    "error: document.getElementById('error').textContent})"
+)
+
+
+async def page_state(devtools, session):
+    return json.loads(await evaluate(devtools, session, STATE))
+
+
+async def turns(devtools, session):
+    return json.loads(await evaluate(devtools, session, TURNS))
+
+
+async def type_and_send(devtools, session, prompt, button="send"):
     await evaluate(
         devtools,
         session,
         f"document.getElementById('prompt').value = {json.dumps(prompt)};"
-        "document.getElementById('send').click(); true",
+        f"document.getElementById({json.dumps(button)}).click(); true",
     )
-    expected = "".join(scripted_reply(prompt, MODEL.reply_tokens))
-    drops = 0
-    second_tab = None
-    for fraction in (0.15, 0.4, 0.7):
+
+
+def no_errors(devtools, state):
+    assert state["errors"] == []
+    assert devtools.exceptions == []
+
+
+async def test_page_survives_drops_and_reloads(start_server, shots):
+    running = await start_server(model=MODEL, sse_retry_ms=100)
+    async with browser() as devtools:
+        session = await open_tab(devtools, f"{running.url}/#c=browser-1")
+        assert await evaluate(devtools, session, "chatState.conversationId") == "browser-1"
+
+        # 1. A turn from the page; every stream is cut three times mid-reply.
+        first_prompt = "hello from chromium"
+        await type_and_send(devtools, session, first_prompt)
+        first = "".join(scripted_reply(first_prompt, MODEL.reply_tokens))
+        drops = 0
+        second_tab = None
+        for fraction in (0.15, 0.4, 0.7):
+            await wait_for(
+                devtools, session, f"chatState.text.length > {int(len(first) * fraction)}"
+            )
+            drops += running.server.disconnect_streams()
+            if fraction == 0.15:
+                await wait_for(devtools, session, "chatState.resumedFrom !== null")
+                await screenshot(devtools, session, shots / "reconnected.png")
+            if second_tab is None:
+                # A second tab on the same conversation joins mid-reply (and is cut too).
+                second_tab = await open_tab(devtools, f"{running.url}/#c=browser-1")
+        assert drops >= 3
+        for tab in (session, second_tab):
+            await wait_for(devtools, tab, "chatState.ended && chatState.status === 'completed'")
+            state = await page_state(devtools, tab)
+            assert state["text"] == first
+            assert state["duplicates"] == 0
+            assert state["gaps"] == []
+            shown = await turns(devtools, tab)
+            assert [(t["user"], t["reply"]) for t in shown] == [(first_prompt, first)]
+        state = await page_state(devtools, session)
+        assert state["opens"] >= 4  # the first connection and three automatic reconnects
+        assert running.server.stats().streams_resumed >= 3
+
+        # 2. A second turn; reload the page mid-reply: both turns shown once, it completes.
+        second_prompt = "and now reload"
+        await type_and_send(devtools, session, second_prompt)
+        second = "".join(scripted_reply(second_prompt, MODEL.reply_tokens, turn=2, history=2))
         await wait_for(
-            devtools, session, f"chatState.text.length > {int(len(expected) * fraction)}"
+            devtools,
+            session,
+            f"chatState.turns.length === 2 && chatState.text.length > {len(second) // 3}",
         )
-        drops += running.server.disconnect_streams()
-        if second_tab is None:
-            # A second tab on the same conversation joins mid-reply (and is cut too).
-            second_tab = await open_tab(devtools, f"{running.url}/#c=browser-1")
-    assert drops >= 3
-    for tab in (session, second_tab):
-        await wait_for(devtools, tab, "chatState.ended && chatState.status === 'completed'")
-        state = await page_state(devtools, tab)
-        assert state["text"] == expected
-        assert state["dom"] == expected  # shown exactly once
+        run_id = (await page_state(devtools, session))["runId"]
+        await devtools.call("Page.reload", session)
+        await wait_for(
+            devtools, session, "typeof window.chatState === 'object' && chatState.opens > 0"
+        )
+        record = running.server.registry.get("browser-1")
+        assert record.run_id == run_id
+        assert record.status.is_active, "the reload happened mid-stream"
+        await wait_for(devtools, session, "chatState.ended && chatState.status === 'completed'")
+        shown = await turns(devtools, session)
+        assert [(t["user"], t["reply"]) for t in shown] == [
+            (first_prompt, first),
+            (second_prompt, second),
+        ]
+        assert shown[1]["run"] == run_id
+        state = await page_state(devtools, session)
         assert state["duplicates"] == 0
-        assert state["gaps"] == []
-    state = await page_state(devtools, session)
-    assert state["opens"] >= 4  # the first connection and three automatic reconnects
-    assert running.server.stats().streams_resumed >= 3
+        await screenshot(devtools, session, shots / "two-turns.png")
 
-    # 2. A second run; reload the page mid-stream; it picks the run up again.
-    prompt = "and now reload"
-    first_run = state["runId"]
-    await evaluate(
-        devtools,
-        session,
-        f"document.getElementById('prompt').value = {json.dumps(prompt)};"
-        "document.getElementById('send').click(); true",
-    )
-    expected = "".join(scripted_reply(prompt, MODEL.reply_tokens))
-    await wait_for(
-        devtools,
-        session,
-        f"chatState.runId !== {json.dumps(first_run)}"
-        f" && chatState.text.length > {len(expected) // 3}",
-    )
-    run_id = (await page_state(devtools, session))["runId"]
-    await devtools.call("Page.reload", session)
-    await wait_for(devtools, session, "typeof window.chatState === 'object' && chatState.opens > 0")
-    record = running.server.registry.get("browser-1")
-    assert record.run_id == run_id
-    assert record.status.is_active, "the reload happened mid-stream"
-    await wait_for(devtools, session, "chatState.ended && chatState.status === 'completed'")
-    state = await page_state(devtools, session)
-    assert state["runId"] == run_id
-    assert state["text"] == expected
-    assert state["dom"] == expected
-    assert state["duplicates"] == 0
+        # 3. Sending while a reply streams offers the policies; "Queue it" queues it.
+        await type_and_send(devtools, session, "third, streaming")
+        await wait_for(devtools, session, "chatState.turns.length === 3 && !chatState.ended")
+        await type_and_send(devtools, session, "fourth, queued")
+        await wait_for(devtools, session, "!document.getElementById('busy-choice').hidden")
+        await screenshot(devtools, session, shots / "policy-choice.png")
+        await evaluate(devtools, session, "document.getElementById('send-enqueue').click(); true")
+        await wait_for(
+            devtools,
+            session,
+            "chatState.turns.length === 4 && chatState.turns[3].status === 'queued'",
+        )
+        await screenshot(devtools, session, shots / "queued.png")
+        await wait_for(devtools, session, "chatState.turns[3].status === 'completed'", 30)
+        shown = await turns(devtools, session)
+        assert [t["user"] for t in shown] == [
+            first_prompt,
+            second_prompt,
+            "third, streaming",
+            "fourth, queued",
+        ]
+        assert shown[3]["reply"].startswith("[turn 4, 6 earlier messages")
+        no_errors(devtools, await page_state(devtools, session))
+
+
+async def test_page_restart_unreachable_bad_id_and_narrow(nursery, tmp_path, shots):
+    db = tmp_path / "history.db"
+    stopped = trio.Event()
+
+    async def start(port, done):
+        async def run(*, task_status):
+            try:
+                settings = ServerSettings(
+                    port=port, db=str(db), graceful_timeout=2.0, sse_retry_ms=200
+                )
+                await serve(MODEL, settings, handle_signals=False, task_status=task_status)
+            finally:
+                done.set()
+
+        return await nursery.start(run)
+
+    running = await start(0, stopped)
+    port = int(running.url.rsplit(":", 1)[1])
+    async with browser() as devtools:
+        session = await open_tab(devtools, f"{running.url}/#c=restart-1")
+        prompt = "cut me off"
+        await type_and_send(devtools, session, prompt)
+        await wait_for(devtools, session, "chatState.text.length > 60")
+        await screenshot(devtools, session, shots / "streaming.png")
+
+        # The server stops mid-reply: the page says it is unreachable.
+        running.shutdown()
+        with trio.fail_after(15):
+            await stopped.wait()
+        await wait_for(devtools, session, "chatState.unreachable")
+        state = await page_state(devtools, session)
+        assert "unreachable" in state["banner"]
+        await screenshot(devtools, session, shots / "server-down.png")
+
+        # It comes back on the same --db: the run was lost, the history is intact.
+        stopped = trio.Event()
+        running = await start(port, stopped)
+        await wait_for(devtools, session, "chatState.lost.length === 1 && !chatState.unreachable")
+        shown = await turns(devtools, session)
+        assert len(shown) == 1 and shown[0]["user"] == prompt
+        assert "the run was lost" in shown[0]["note"]
+        assert shown[0]["badge"] == "stopped"
+        full = "".join(scripted_reply(prompt, MODEL.reply_tokens))
+        assert len(shown[0]["reply"]) > 60 and full.startswith(shown[0]["reply"])
+        stored = running.server.history
+        saved = await stored.store.turns("restart-1")
+        assert saved[0].reply.text == shown[0]["reply"]
+        assert saved[0].reply.status == "cancelled"
+        await screenshot(devtools, session, shots / "run-lost.png")
+        no_errors(devtools, await page_state(devtools, session))
+
+        # A bad #c= is refused with a message; nothing can be sent.
+        bad = await open_tab(devtools, f"{running.url}/#c=" + "bad%20id%3Cb%3E!")
+        state = await page_state(devtools, bad)
+        assert "is not a valid conversation id" in state["error"]
+        assert "bad id<b>!" in state["error"]  # shown as text, not markup
+        assert await evaluate(devtools, bad, "document.getElementById('send').disabled")
+        assert await evaluate(devtools, bad, "chatState.conversationId") == ""
+        await screenshot(devtools, bad, shots / "bad-id.png")
+
+        # 390 px wide, light and dark: the layout does not overflow.
+        narrow = await open_tab(devtools, f"{running.url}/#c=narrow-1", width=390)
+        await type_and_send(devtools, narrow, "a narrow screen " + "with_a_very_long_word" * 6)
+        await wait_for(devtools, narrow, "chatState.ended && chatState.status === 'completed'")
+        await evaluate(devtools, narrow, "refreshConversations(); true")
+        await wait_for(devtools, narrow, "document.querySelectorAll('#conversations li').length")
+        for dark in (False, True):
+            await screenshot(
+                devtools, narrow, shots / f"narrow-{'dark' if dark else 'light'}.png", dark
+            )
+            width = await evaluate(
+                devtools,
+                narrow,
+                "Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)",
+            )
+            assert width <= 390
+        await evaluate(devtools, narrow, "document.getElementById('toggle-list').click(); true")
+        await screenshot(devtools, narrow, shots / "narrow-list.png", dark=True)
+        assert await evaluate(devtools, narrow, "document.documentElement.scrollWidth") <= 390
+        no_errors(devtools, await page_state(devtools, narrow))
+    running.shutdown()
+    with trio.fail_after(15):
+        await stopped.wait()

@@ -376,4 +376,3 @@ async def test_full_queue_is_429(nursery, tmp_path):
         messages = (await client.get("/v1/conversations/full/messages")).json()["messages"]
         assert [m["content"] for m in messages if m["role"] == "user"] == ["one", "two"]
     await stop(running, stopped)
-

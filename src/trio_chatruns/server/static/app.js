@@ -133,6 +133,13 @@ const STATUS_TEXT = {
   lost: "lost",
 };
 
+// Keep the newest text in view, unless the reader scrolled up to read.
+function nearBottom() {
+  const box = $("transcript");
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+}
+function scrollToEnd() { const box = $("transcript"); box.scrollTop = box.scrollHeight; }
+
 function element(tag, className, text) {
   const el = document.createElement(tag);
   if (className) el.className = className;
@@ -160,8 +167,10 @@ function addTurn(runId, prompt, status) {
   turn.els = { li, reply, text, tools, note: noteEl, badge };
   state.turns.push(turn);
   state.byRun.set(runId, turn);
+  const follow = nearBottom();
   $("transcript").append(li);  // appended below the last turn; nothing is wiped
   renderTurn(turn);
+  if (follow || state.turns.length === 1) scrollToEnd();
   return turn;
 }
 
@@ -296,7 +305,9 @@ function openStream(turn) {
     if (event.run_id !== turn.runId) return;  // never mix runs
     if (event.seq <= turn.lastSeq) { state.duplicates += 1; return; }
     turn.lastSeq = event.seq;
+    const follow = nearBottom();
     applyFrame(turn, event.frame);
+    if (follow) scrollToEnd();
     renderStatusLine();
   };
   es.addEventListener("gap", (message) => {
@@ -350,7 +361,7 @@ function endTurn(turn, status, error) {
 }
 
 function markShutdown(turn) {
-  turn.lostNote = "The server shut down during this reply: the run was lost. What had streamed is kept below.";
+  turn.lostNote = "The server shut down during this reply: the run was lost. What had streamed is kept.";
   if (!state.lost.includes(turn.runId)) state.lost.push(turn.runId);
   renderTurn(turn);
 }
@@ -374,7 +385,7 @@ async function reconcile(turn) {
   const reply = messages.find((m) => m.role === "assistant" && m.run_id === turn.runId);
   if (!reply || reply.status === "lost") {
     turn.lostNote = "The server restarted during this reply: the run was lost." +
-      (turn.text ? " What had streamed is kept below." : "");
+      (turn.text ? " What had streamed is kept." : "");
     if (!state.lost.includes(turn.runId)) state.lost.push(turn.runId);
     endTurn(turn, "lost");
   } else if (ACTIVE.has(reply.status)) {
@@ -458,7 +469,9 @@ async function loadConversation() {
     return;
   }
   if (token !== state.loadToken) return;
+  const first = state.turns.length === 0;
   mergeMessages(messages);
+  if (first) scrollToEnd();
   pump();
 }
 
