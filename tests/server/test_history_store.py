@@ -64,7 +64,7 @@ async def test_file_is_wal_and_versioned(tmp_path):
 async def test_not_a_database_is_refused(tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_bytes(b"this is not sqlite " * 100)
-    with pytest.raises(HistoryError, match="notes.txt"):
+    with pytest.raises(HistoryError, match=r"notes\.txt"):
         async with open_conversation_store(str(bad)):
             pass
     with pytest.raises(HistoryError, match="cannot open"):

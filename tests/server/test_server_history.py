@@ -56,16 +56,14 @@ async def post(client, cid, prompt, **extra):
     return answer.json()
 
 
-async def wait_saved(client, cid, run_id):
-    """Wait until the reply of ``run_id`` is in the history (polling the API)."""
+async def wait_saved(running, client, cid, run_id):
+    """Wait until the reply of ``run_id`` is saved; return the conversation's messages."""
     with trio.fail_after(15):
-        while True:
-            messages = (await client.get(f"/v1/conversations/{cid}/messages")).json()["messages"]
-            for m in messages:
-                if m["role"] == "assistant" and m["run_id"] == run_id:
-                    if m["status"] in ("completed", "failed", "cancelled", "lost"):
-                        return messages
-            await trio.sleep(0.02)
+        await running.server.history.wait_saved(run_id)
+    messages = (await client.get(f"/v1/conversations/{cid}/messages")).json()["messages"]
+    replies = [m for m in messages if m["role"] == "assistant" and m["run_id"] == run_id]
+    assert replies and replies[0]["status"] in ("completed", "failed", "cancelled"), messages
+    return messages
 
 
 async def test_turns_reach_the_model_and_survive_a_restart(nursery, tmp_path):
@@ -82,7 +80,7 @@ async def test_turns_reach_the_model_and_survive_a_restart(nursery, tmp_path):
         for prompt in prompts:
             body = await post(client, "c1", prompt)
             assert body["status"] == "running"
-            messages = await wait_saved(client, "c1", body["run_id"])
+            messages = await wait_saved(running, client, "c1", body["run_id"])
     replies = [
         "".join(scripted_reply(p, 30, turn=i + 1, history=2 * i)) for i, p in enumerate(prompts)
     ]
@@ -115,7 +113,7 @@ async def test_turns_reach_the_model_and_survive_a_restart(nursery, tmp_path):
         listed = (await client.get("/v1/conversations")).json()["conversations"]
         assert [(c["id"], c["title"], c["turns"]) for c in listed] == [("c1", prompts[0], 3)]
         body = await post(client, "c1", "fourth")
-        await wait_saved(client, "c1", body["run_id"])
+        await wait_saved(running, client, "c1", body["run_id"])
     assert seen[-1].turn == 4 and len(seen[-1].history) == 6
     await stop(running, stopped)
 
@@ -125,14 +123,14 @@ async def test_delete_interrupts_and_forgets(nursery, tmp_path):
     async with httpx.AsyncClient(base_url=running.url) as client:
         done = await post(client, "gone", "one")
         running.server.registry.interrupt("gone")
-        await wait_saved(client, "gone", done["run_id"])
+        await wait_saved(running, client, "gone", done["run_id"])
         active = await post(client, "gone", "two")
         await post(client, "keep", "other")
         answer = await client.delete("/v1/conversations/gone")
         assert answer.status_code == 204
         with trio.fail_after(10):
-            while running.server.registry.get("gone").status.is_active:
-                await trio.sleep(0.02)
+            await running.server.history.wait_saved(active["run_id"])  # skipped: deleted
+        assert not running.server.registry.get("gone").status.is_active
         assert running.server.registry.get("gone").run_id == active["run_id"]
         assert (await client.get("/v1/conversations/gone/messages")).json()["messages"] == []
         ids = [c["id"] for c in (await client.get("/v1/conversations")).json()["conversations"]]
@@ -198,7 +196,7 @@ async def start_cli(cwd, *args):
 
 
 async def test_sigterm_mid_reply_then_restart_shows_the_cut_reply(tmp_path):
-    """The console script on its default --db: SIGTERM mid-reply, restart, the cut reply is there."""
+    """The console script on its default --db: SIGTERM mid-reply, restart, the cut reply."""
     received = ""
     process, url, startup, rest = await start_cli(tmp_path, "--tokens-per-second", "40")
     try:
@@ -248,7 +246,7 @@ async def test_memory_db_keeps_nothing(nursery, tmp_path):
     assert not running.server.history.store.persistent
     async with httpx.AsyncClient(base_url=running.url) as client:
         body = await post(client, "m", "hi")
-        await wait_saved(client, "m", body["run_id"])
+        await wait_saved(running, client, "m", body["run_id"])
     await stop(running, stopped)
     assert list(tmp_path.iterdir()) == []
 
@@ -308,7 +306,7 @@ async def test_two_clients_enqueue_at_once(nursery, tmp_path):
         assert {body["status"] for _, body in answers} <= {"queued", "running"}
         assert sum(body["status"] == "queued" for _, body in answers) >= 1
         last = answers[-1][1]["run_id"]
-        messages = await wait_saved(a, "both", last)
+        messages = await wait_saved(running, a, "both", last)
     # Every run ran, one at a time, in the order accepted; every reply completed.
     assert [m["status"] for m in messages if m["role"] == "assistant"] == ["completed"] * 3
     order = [m["content"] for m in messages if m["role"] == "user"]
@@ -335,11 +333,11 @@ async def test_two_clients_interrupt_at_once(nursery, tmp_path):
                 posting.start_soon(one)
         winner = answers[-1][1]["run_id"]  # the later interrupt cancels the earlier one
         with trio.fail_after(10):
-            while running.server.registry.get("race").run_id != winner:
-                await trio.sleep(0.02)
-        running.server.registry.interrupt("race")
-        messages = await wait_saved(a, "race", winner)
-        messages = await wait_saved(a, "race", answers[0][1]["run_id"])
+            async with running.server.registry.subscribe("race", run_id=winner) as events:
+                async for _ in events:
+                    running.server.registry.interrupt("race")  # once it has started
+        messages = await wait_saved(running, a, "race", winner)
+        messages = await wait_saved(running, a, "race", answers[0][1]["run_id"])
     statuses = {m["run_id"]: m["status"] for m in messages if m["role"] == "assistant"}
     assert statuses[first["run_id"]] == "cancelled"
     assert statuses[answers[0][1]["run_id"]] == "cancelled"  # never ran: interrupted while queued

@@ -139,19 +139,47 @@ class ConversationHistory:
         """The position of the next turn; synchronous (call it right before ``try_start``)."""
         return self.store.next_position()
 
-    def producer(self, model: ChatModel, conversation_id: str, prompt: str, position: int) -> Any:
+    def producer(
+        self,
+        model: ChatModel,
+        conversation_id: str,
+        prompt: str,
+        position: int,
+        prepared: ChatRequest | None = None,
+    ) -> Any:
         """The producer for ``registry.try_start``: reads the history, then runs ``model``.
 
-        Errors reading the history end the run ``failed`` like a model error.
+        ``prepared`` is the request :meth:`prepare` read just before, if no
+        turn of the conversation has been pending since (checked with no
+        checkpoint before ``try_start``: the run then starts at once); else
+        the history is read when the run starts, after the turns before it
+        are saved. Errors reading the history end the run ``failed`` like a
+        model error.
         """
 
         async def with_history(run: ChatRun, request: ChatRequest) -> None:
-            request = await self._complete_request(request, position)
+            if prepared is not None:
+                request = prepared
+            else:
+                request = await self._complete_request(request, position)
             await model(run, request)
 
         name = getattr(model, "__qualname__", None) or type(model).__name__
         with_history.__qualname__ = name
         return make_producer(with_history, ChatRequest(conversation_id, prompt))
+
+    def has_pending(self, conversation_id: str) -> bool:
+        """Whether a turn of the conversation is accepted and not saved yet; synchronous."""
+        return any(p.conversation_id == conversation_id for p in self._pending.values())
+
+    async def prepare(self, conversation_id: str, prompt: str) -> ChatRequest:
+        """Read the history for a prompt of a conversation with no pending turn.
+
+        Done before the run starts, so a model that starts at once does not
+        wait for the disk; valid only while :meth:`has_pending` stays false.
+        """
+        request = ChatRequest(conversation_id, prompt)
+        return await self._complete_request(request, self.store.peek_position())
 
     def accept(self, run: ChatRun, prompt: str, position: int) -> _PendingTurn:
         """Remember a run just started (or queued) for ``prompt``; synchronous."""
@@ -224,6 +252,16 @@ class ConversationHistory:
             pending.saved.set()
             self._pending.pop(record.run_id, None)
 
+    async def wait_saved(self, run_id: str) -> None:
+        """Return once the reply of ``run_id`` is saved (or skipped: deleted, not stored).
+
+        Returns at once for a run that is not waiting to be saved (already
+        saved, or never started here).
+        """
+        pending = self._pending.get(run_id)
+        if pending is not None:
+            await pending.saved.wait()
+
     # -- deleting ------------------------------------------------------------
 
     def forget(self, conversation_id: str, registry: ChatRunRegistry) -> int:
@@ -279,7 +317,11 @@ class ConversationHistory:
             reply = turn.reply
             if reply is None:
                 record = registry.get(turn.conversation_id)
-                if record is not None and record.run_id == turn.run_id and record.status.is_terminal:
+                if (
+                    record is not None
+                    and record.run_id == turn.run_id
+                    and record.status.is_terminal
+                ):
                     # Ended, its hook not done yet: answer what it is about to save.
                     reply = reply_from_events(
                         record,

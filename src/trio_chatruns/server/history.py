@@ -167,6 +167,10 @@ class ConversationStore:
         """``True`` for a file, ``False`` for ``":memory:"``."""
         return self.path != ":memory:"
 
+    def peek_position(self) -> int:
+        """The position :meth:`next_position` will give next (reserving nothing)."""
+        return self._next_position
+
     def next_position(self) -> int:
         """Reserve the position of a new turn (rising across every conversation).
 

@@ -152,7 +152,14 @@ async def start_run(request: Request) -> Response:
             '"if_active" must be "reject", "interrupt" or "enqueue", '
             f"got {to_json(if_active)[:60]}",
         )
+    history = server.history
+    prepared = None
+    if history is not None and not history.has_pending(conversation_id):
+        # Read the history now, so a run that starts at once does not wait for the disk.
+        prepared = await history.prepare(conversation_id, prompt)
     # No checkpoint from here on: the checks and the start are one atomic step.
+    if history is not None and history.has_pending(conversation_id):
+        prepared = None  # a turn came in meanwhile: read when the run starts
     if server.closing:
         raise ApiError(503, "server is shutting down")
     registry = server.registry
@@ -161,12 +168,11 @@ async def start_run(request: Request) -> Response:
         raise ApiError(409, f"conversation {conversation_id!r} already has an active run")
     if registry.stats().active >= server.settings.max_active_runs:
         raise too_many("too many active runs; try again later")
-    history = server.history
     if history is None:
         producer = make_producer(server.model, ChatRequest(conversation_id, prompt))
     else:
         position = history.reserve_position()
-        producer = history.producer(server.model, conversation_id, prompt, position)
+        producer = history.producer(server.model, conversation_id, prompt, position, prepared)
     try:
         run = registry.try_start(conversation_id, producer, if_active=if_active)
     except RunAlreadyActive:

@@ -682,6 +682,7 @@ function init() {
     const shown = document.body.classList.toggle("show-list");
     $("toggle-list").setAttribute("aria-expanded", String(shown));
   });
+  refreshConversations();  // also when #c= was refused: the list is how to go on
   setInterval(refreshConversations, LIST_MS);
   schedulePoll(POLL_MS);
 }
