@@ -389,6 +389,21 @@ async def test_page_restart_unreachable_bad_id_and_narrow(nursery, tmp_path, sho
         assert await evaluate(devtools, bad, "document.getElementById('send').disabled")
         assert await evaluate(devtools, bad, "chatState.conversationId") == ""
         await screenshot(devtools, bad, shots / "bad-id.png")
+        # The field: a valid id opens that conversation; a bad one is refused the same way.
+        set_field = (
+            "(v, kind) => { const f = document.getElementById('conversation'); f.value = v;"
+            " f.dispatchEvent(new Event(kind)); return true; }"
+        )
+        await evaluate(devtools, bad, f"({set_field})('restart-1', 'change')")
+        await wait_for(devtools, bad, "chatState.turns.length === 1")
+        assert not await evaluate(devtools, bad, "document.getElementById('send').disabled")
+        await evaluate(devtools, bad, f"({set_field})('no spaces', 'input')")
+        assert await evaluate(devtools, bad, "document.getElementById('send').disabled")
+        await evaluate(devtools, bad, f"({set_field})('no spaces', 'change')")
+        state = await page_state(devtools, bad)
+        assert "“no spaces” is not a valid conversation id" in state["error"]
+        assert await evaluate(devtools, bad, "chatState.conversationId") == ""
+        assert await evaluate(devtools, bad, "document.getElementById('send').disabled")
 
         # 390 px wide, light and dark: the layout does not overflow.
         narrow = await open_tab(devtools, f"{running.url}/#c=narrow-1", width=390)

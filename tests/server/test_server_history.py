@@ -374,3 +374,57 @@ async def test_full_queue_is_429(nursery, tmp_path):
         messages = (await client.get("/v1/conversations/full/messages")).json()["messages"]
         assert [m["content"] for m in messages if m["role"] == "user"] == ["one", "two"]
     await stop(running, stopped)
+
+
+async def test_killed_mid_reply_lists_the_reply_as_lost(tmp_path):
+    """SIGKILL saves nothing more: the prompt is kept, its reply is listed as lost."""
+    process, url, _, rest = await start_cli(tmp_path, "--tokens-per-second", "20")
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            body = await post(client, "killed", "never finished")
+        process.kill()
+        await process.wait()
+        await rest()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()
+    process, url, _, rest = await start_cli(tmp_path)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            messages = (await client.get("/v1/conversations/killed/messages")).json()["messages"]
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            assert await process.wait() == 0
+        await rest()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()
+    assert [(m["role"], m["status"], m["run_id"]) for m in messages] == [
+        ("user", "sent", body["run_id"]),
+        ("assistant", "lost", body["run_id"]),
+    ]
+    assert messages[0]["content"] == "never finished"
+    assert "stopped before this reply was saved" in messages[1]["error"]
+
+
+def test_unusable_db_is_one_error_line_and_status_1(tmp_path):
+    if not SCRIPT.exists():
+        pytest.skip("the trio-chatruns console script is not installed next to python")
+    (tmp_path / "not.db").write_bytes(b"definitely not sqlite" * 200)
+    for db in (tmp_path / "missing" / "h.db", tmp_path / "not.db"):
+        result = subprocess.run(
+            [str(SCRIPT), "serve", "--port", "0", "--db", str(db)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": ""},
+        )
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("trio-chatruns: error: cannot ")
+        assert str(db) in lines[-1]
+        assert "Traceback" not in result.stderr

@@ -550,6 +550,7 @@ function randomId() {
 function showChoice(prompt) {
   state.pendingPrompt = prompt;
   $("busy-choice").hidden = false;
+  scrollToEnd();
 }
 
 function hideChoice() {
@@ -583,6 +584,7 @@ async function send(prompt, policy) {
     $("prompt").value = "";
     const turn = state.byRun.get(body.run_id) || addTurn(body.run_id, prompt, body.status || "running");
     if (!turn.lastSeq) { turn.status = body.status || turn.status; turn.ended = false; renderTurn(turn); }
+    scrollToEnd();  // the sender wants to see the reply
     pump();
     refreshConversations();
     return body.run_id;
