@@ -164,9 +164,11 @@ async def start_run(request: Request) -> Response:
         raise ApiError(503, "server is shutting down")
     registry = server.registry
     current = registry.get(conversation_id)
-    if if_active == "reject" and current is not None and current.status.is_active:
+    busy = current is not None and current.status.is_active
+    if if_active == "reject" and busy:
         raise ApiError(409, f"conversation {conversation_id!r} already has an active run")
-    if registry.stats().active >= server.settings.max_active_runs:
+    # A run queued behind an active one (interrupt, enqueue) never adds a running run.
+    if not busy and registry.stats().active >= server.settings.max_active_runs:
         raise too_many("too many active runs; try again later")
     if history is None:
         producer = make_producer(server.model, ChatRequest(conversation_id, prompt))
