@@ -6,11 +6,11 @@ import pickle
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import park
 from trio_chatruns import (
     ChatRun,
     ChatRunError,
@@ -22,6 +22,8 @@ from trio_chatruns import (
     StartPolicy,
     open_chat_run_registry,
 )
+
+from helpers import park
 
 QUEUED = ChatRunStatus.QUEUED
 RUNNING = ChatRunStatus.RUNNING
@@ -183,7 +185,7 @@ async def test_interrupt_policy_cancels_the_queue_and_starts_after_the_interrupt
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                await trio.sleep(0)  # unwinding takes a scheduling round
+                await trio.lowlevel.checkpoint()  # unwinding takes a scheduling round
                 run.push_frame(f"{name} unwound")
 
     async with open_chat_run_registry() as registry:

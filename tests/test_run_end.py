@@ -9,13 +9,14 @@ import pytest
 import trio
 import trio.testing
 
-from helpers import park
 from trio_chatruns import (
     ChatRun,
     ChatRunStatus,
     RegistryConfig,
     open_chat_run_registry,
 )
+
+from helpers import park
 
 
 class Recorder:
