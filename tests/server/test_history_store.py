@@ -81,6 +81,9 @@ async def test_window_delete_and_memory():
         before = turns[4].position
         assert [t.prompt for t in await store.turns("c", before=before, last=2)] == ["p2", "p3"]
         assert await store.count_turns("c", before=before) == 4
+        count, window = await store.context("c", before=before, last=2)
+        assert count == 4 and [t.prompt for t in window] == ["p2", "p3"]
+        assert await store.context("c", before=before, last=0) == (4, [])
         long = "x" * 200
         await store.add_turn("d", "rd", store.next_position(), long, 2000.0)
         summary = await store.conversation("d")

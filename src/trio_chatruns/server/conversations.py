@@ -209,21 +209,21 @@ class ConversationHistory:
 
     async def _complete_request(self, request: ChatRequest, position: int) -> ChatRequest:
         """``request`` with the earlier turns of its conversation and its turn number."""
-        for earlier in list(self._pending.values()):
-            if earlier.conversation_id == request.conversation_id and earlier.position < position:
-                await earlier.saved.wait()
-        cid = request.conversation_id
-        turn = await self.store.count_turns(cid, before=position) + 1
+        for pending in list(self._pending.values()):
+            if pending.conversation_id == request.conversation_id and pending.position < position:
+                await pending.saved.wait()
+        # Each turn gives at most two messages: read enough turns, keep the newest.
+        earlier, turns = await self.store.context(
+            request.conversation_id, before=position, last=self.history_messages
+        )
         messages: list[ChatMessage] = []
         if self.history_messages:
-            # Each turn gives at most two messages: read enough turns, keep the newest.
-            turns = await self.store.turns(cid, before=position, last=self.history_messages)
             for stored in turns:
                 messages.append(ChatMessage("user", stored.prompt))
                 if stored.reply is not None and stored.reply.text:
                     messages.append(ChatMessage("assistant", stored.reply.text))
             messages = messages[-self.history_messages :]
-        return attrs.evolve(request, history=tuple(messages), turn=turn)
+        return attrs.evolve(request, history=tuple(messages), turn=earlier + 1)
 
     # -- the run-end hook --------------------------------------------------
 

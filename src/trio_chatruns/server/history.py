@@ -247,22 +247,23 @@ class ConversationStore:
             before: only turns with a smaller position.
             last: only the newest ``last`` of those.
         """
+        return await self._run(lambda db: _read_turns(db, conversation_id, before, last))
 
-        def read(db: sqlite3.Connection) -> list[StoredTurn]:
-            query = (
-                "SELECT conversation_id, run_id, position, prompt, prompt_at, reply, tool_calls,"
-                " status, error, gap_to, reply_at FROM turns WHERE conversation_id = ?"
-            )
-            params: list[Any] = [conversation_id]
-            if before is not None:
-                query += " AND position < ?"
-                params.append(before)
-            query += " ORDER BY position DESC"
-            if last is not None:
-                query += " LIMIT ?"
-                params.append(last)
-            rows = db.execute(query, params).fetchall()
-            return [_turn(row) for row in reversed(rows)]
+    async def context(
+        self, conversation_id: str, *, before: int, last: int
+    ) -> tuple[int, list[StoredTurn]]:
+        """How many turns come before position ``before``, and the newest ``last`` of them.
+
+        One query round (one worker-thread call): what a new turn's model needs.
+        """
+
+        def read(db: sqlite3.Connection) -> tuple[int, list[StoredTurn]]:
+            row = db.execute(
+                "SELECT count(*) FROM turns WHERE conversation_id = ? AND position < ?",
+                (conversation_id, before),
+            ).fetchone()
+            turns = _read_turns(db, conversation_id, before, last) if last else []
+            return int(row[0]), turns
 
         return await self._run(read)
 
@@ -303,6 +304,25 @@ class ConversationStore:
             return cursor.rowcount > 0
 
         return await self._run(delete)
+
+
+def _read_turns(
+    db: sqlite3.Connection, conversation_id: str, before: int | None, last: int | None
+) -> list[StoredTurn]:
+    query = (
+        "SELECT conversation_id, run_id, position, prompt, prompt_at, reply, tool_calls,"
+        " status, error, gap_to, reply_at FROM turns WHERE conversation_id = ?"
+    )
+    params: list[Any] = [conversation_id]
+    if before is not None:
+        query += " AND position < ?"
+        params.append(before)
+    query += " ORDER BY position DESC"
+    if last is not None:
+        query += " LIMIT ?"
+        params.append(last)
+    rows = db.execute(query, params).fetchall()
+    return [_turn(row) for row in reversed(rows)]
 
 
 def _title(prompt: str) -> str:
