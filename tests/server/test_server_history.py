@@ -428,3 +428,32 @@ def test_unusable_db_is_one_error_line_and_status_1(tmp_path):
         assert lines[-1].startswith("trio-chatruns: error: cannot ")
         assert str(db) in lines[-1]
         assert "Traceback" not in result.stderr
+
+
+async def test_shutdown_ends_streams_of_queued_runs_and_saves_them(nursery, tmp_path):
+    running, stopped = await start(nursery, tmp_path / "h.db", SLOW)
+    async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+        first = await post(client, "sq", "running one")
+        queued = await post(client, "sq", "queued one", if_active="enqueue")
+        assert queued["status"] == "queued"
+        async with client.stream(
+            "GET", "/v1/chat/runs/sq/stream", params={"run_id": queued["run_id"]}
+        ) as stream:
+            assert stream.status_code == 200
+            running.shutdown()
+            body = "".join([line async for line in stream.aiter_lines()])
+    with trio.fail_after(10):
+        await stopped.wait()
+    # It ended (a queued run cancelled before it started was never the conversation's
+    # current run, so the end carries no record: the history has its outcome).
+    assert "event: end" in body
+    assert running.server.stats().streams_dropped == 0  # it ended by itself, not cut
+    running, stopped = await start(nursery, tmp_path / "h.db", SLOW)
+    async with httpx.AsyncClient(base_url=running.url) as client:
+        messages = (await client.get("/v1/conversations/sq/messages")).json()["messages"]
+    replies = {m["run_id"]: m for m in messages if m["role"] == "assistant"}
+    assert replies[first["run_id"]]["status"] == "cancelled"
+    assert replies[queued["run_id"]]["status"] == "cancelled"
+    assert replies[queued["run_id"]]["content"] == ""
+    assert replies[queued["run_id"]]["error"] == "interrupted by a server shutdown"
+    await stop(running, stopped)

@@ -211,6 +211,9 @@ class ChatServer:
         for scope in list(self._body_scopes):
             scope.cancel()  # those requests are answered 503
         interrupted = 0
+        if self.history is not None:
+            # Queued runs first, so none of them starts when the run before it ends.
+            interrupted += self.history.cancel_queued()
         for record in self.registry.list(active_only=True):
             interrupted += self.registry.interrupt(record.conversation_id)
         return interrupted

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .. import ChatRunStatus
 from .history import ConversationStore, StoredTurn, TurnReply, iso_utc, open_conversation_store
 from .producers import ChatMessage, ChatRequest, make_producer
 
@@ -261,6 +262,18 @@ class ConversationHistory:
         pending = self._pending.get(run_id)
         if pending is not None:
             await pending.saved.wait()
+
+    def cancel_queued(self) -> int:
+        """Cancel every queued run (they end ``cancelled`` without running); synchronous.
+
+        For a shutdown: their streams then end at once instead of waiting for
+        the registry to close. Returns how many were cancelled.
+        """
+        cancelled = 0
+        for pending in list(self._pending.values()):
+            if pending.run.record.status is ChatRunStatus.QUEUED:
+                cancelled += pending.run.interrupt()
+        return cancelled
 
     # -- deleting ------------------------------------------------------------
 
