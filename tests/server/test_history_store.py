@@ -98,3 +98,39 @@ async def test_window_delete_and_memory():
 def test_iso_utc():
     assert iso_utc(0.0) == "1970-01-01T00:00:00.000Z"
     assert iso_utc(1767225600.25) == "2026-01-01T00:00:00.250Z"
+
+
+def test_reply_from_events_text_tools_gap_and_shutdown():
+    from trio_chatruns import ChatRunEvent, ChatRunRecord, ChatRunStatus
+    from trio_chatruns.server.conversations import SHUTDOWN_ERROR, reply_from_events
+
+    def event(seq, frame):
+        return ChatRunEvent("c", "r", seq, 1000.0 + seq, frame)
+
+    frames = [
+        {"type": "token", "text": "Hel"},
+        {"type": "tool_call", "id": "t1", "name": "search", "arguments": {"q": "x"}},
+        {"type": "tool_result", "id": "t1", "name": "search", "content": "3 results"},
+        {"type": "token", "text": "lo"},
+        "not a dict",
+        {"type": "interrupted"},
+    ]
+    events = [event(seq, frame) for seq, frame in enumerate(frames, start=3)]
+    fields = {"started_at": 0.0, "updated_at": 1.0, "terminated_at": 1.0, "current_tool": None}
+    record = ChatRunRecord(
+        conversation_id="c",
+        run_id="r",
+        status=ChatRunStatus.CANCELLED,
+        latest_seq=8,
+        last_error=None,
+        **fields,
+    )
+    reply = reply_from_events(record, events, shutting_down=True)
+    assert reply.text == "Hello"
+    assert reply.tool_calls == [
+        {"id": "t1", "name": "search", "arguments": {"q": "x"}, "result": "3 results"}
+    ]
+    assert reply.status == "cancelled" and reply.error == SHUTDOWN_ERROR
+    assert reply.gap_to == 2  # frames 1 and 2 were trimmed before the hook ran
+    assert reply_from_events(record, events).error is None  # an interrupt by a client
+    assert reply_from_events(record, []).gap_to == 8

@@ -23,10 +23,18 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .app import ChatServer, ServerStats
 from .config import ServerSettings
-from .producers import ChatModel, ChatRequest, OpenAIChatModel, ScriptedModel, load_model
+from .producers import (
+    ChatMessage,
+    ChatModel,
+    ChatRequest,
+    OpenAIChatModel,
+    ScriptedModel,
+    load_model,
+)
 from .runner import RunningServer, serve
 
 __all__ = [
+    "ChatMessage",
     "ChatModel",
     "ChatRequest",
     "ChatServer",
