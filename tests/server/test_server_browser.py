@@ -47,6 +47,8 @@ FLAGS = [
     "--hide-scrollbars", "--remote-debugging-port=0",
 ]  # fmt: skip
 MODEL = ScriptedModel(tokens_per_second=40.0, reply_tokens=100, pause_tokens=2)
+# Slower, so three cuts and a second tab fit in one reply on a loaded machine.
+DROPS_MODEL = ScriptedModel(tokens_per_second=25.0, reply_tokens=100, pause_tokens=2)
 
 
 class DevTools:
@@ -242,7 +244,7 @@ def no_errors(devtools, state):
 
 
 async def test_page_survives_drops_and_reloads(start_server, shots):
-    running = await start_server(model=MODEL, sse_retry_ms=100)
+    running = await start_server(model=DROPS_MODEL, sse_retry_ms=100)
     async with browser() as devtools:
         session = await open_tab(devtools, f"{running.url}/#c=browser-1")
         assert await evaluate(devtools, session, "chatState.conversationId") == "browser-1"
@@ -250,14 +252,20 @@ async def test_page_survives_drops_and_reloads(start_server, shots):
         # 1. A turn from the page; every stream is cut three times mid-reply.
         first_prompt = "hello from chromium"
         await type_and_send(devtools, session, first_prompt)
-        first = "".join(scripted_reply(first_prompt, MODEL.reply_tokens))
+        first = "".join(scripted_reply(first_prompt, DROPS_MODEL.reply_tokens))
         drops = 0
         second_tab = None
         for fraction in (0.15, 0.4, 0.7):
             await wait_for(
-                devtools, session, f"chatState.text.length > {int(len(first) * fraction)}"
+                devtools,
+                session,
+                f"chatState.text.length > {int(len(first) * fraction)}"
+                " && chatState.connection === 'open'",
             )
+            opens = await evaluate(devtools, session, "chatState.opens")
             drops += running.server.disconnect_streams()
+            # EventSource reconnects by itself (Last-Event-ID) before the next cut.
+            await wait_for(devtools, session, f"chatState.opens > {opens}")
             if fraction == 0.15:
                 await wait_for(devtools, session, "chatState.resumedFrom !== null")
                 await screenshot(devtools, session, shots / "reconnected.png")
@@ -280,7 +288,7 @@ async def test_page_survives_drops_and_reloads(start_server, shots):
         # 2. A second turn; reload the page mid-reply: both turns shown once, it completes.
         second_prompt = "and now reload"
         await type_and_send(devtools, session, second_prompt)
-        second = "".join(scripted_reply(second_prompt, MODEL.reply_tokens, turn=2, history=2))
+        second = "".join(scripted_reply(second_prompt, DROPS_MODEL.reply_tokens, turn=2, history=2))
         await wait_for(
             devtools,
             session,
