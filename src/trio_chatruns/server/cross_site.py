@@ -73,10 +73,11 @@ async def refuse(
     the ``websocket.http.response`` extension (hypercorn does); otherwise it
     is closed before being accepted, which servers answer with ``403``.
     """
-    if scope["type"] == "websocket":
-        if "websocket.http.response" not in scope.get("extensions", {}):
-            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
-            return
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get(
+        "extensions", {}
+    ):
+        await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+        return
     await JSONResponse({"error": message}, status_code=status, headers=headers)(
         scope, receive, send
     )

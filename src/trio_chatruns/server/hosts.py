@@ -110,7 +110,7 @@ class HostPattern:
     port: int | None = None
     """The one port accepted, or ``None`` for any."""
 
-    def matches(self, name: str, port: int) -> bool:
+    def matches(self, name: str, port: int | None) -> bool:
         """Does ``Host: name:port`` match this pattern?"""
         if self.name == "*":
             return True

@@ -9,7 +9,6 @@ synchronous registry call, a JSON answer. The streaming routes live in
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any

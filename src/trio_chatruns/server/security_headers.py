@@ -36,7 +36,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
-"""The page's policy: same-origin scripts, styles, images, fetch/EventSource/WebSocket; nothing else."""
+"""The policy: same-origin scripts, styles, images and connections; nothing else, no framing."""
 
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode("ascii")),

@@ -53,8 +53,7 @@ def _check_text(value: Any) -> None:
                 item.encode("utf-8")
             except UnicodeEncodeError:
                 raise ValueError(
-                    "JSON string is not valid Unicode (it holds a lone surrogate such as "
-                    "'\\ud800')"
+                    "JSON string is not valid Unicode (it holds a lone surrogate such as '\\ud800')"
                 ) from None
         elif isinstance(item, dict):
             stack.extend(item.keys())
