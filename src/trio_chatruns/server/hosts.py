@@ -10,6 +10,7 @@ brackets) and the serialization of an origin from the HTML standard
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -35,6 +36,9 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # A DNS name (RFC 1123 labels, ASCII; IDNs arrive as punycode) or an IPv4 literal.
 _REG_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,252})")
 _PORT = re.compile(r"[0-9]{1,5}")
+# Every request parses its Host and Origin; a server sees few distinct values.
+# Bounded, so values an attacker makes up cannot grow it.
+_CACHED = 512
 
 
 def show(text: str, limit: int = 60) -> str:
@@ -42,6 +46,7 @@ def show(text: str, limit: int = 60) -> str:
     return ascii(text if len(text) <= limit else text[:limit] + "...")
 
 
+@functools.lru_cache(maxsize=_CACHED)
 def parse_host(value: str) -> tuple[str, int | None]:
     """Split a ``Host`` value (or the authority of an origin) into name and port.
 
@@ -74,6 +79,7 @@ def parse_host(value: str) -> tuple[str, int | None]:
     return name, int(port_text)
 
 
+@functools.lru_cache(maxsize=_CACHED)
 def bare_address(address: str) -> str:
     """``address`` as the canonical text of an IP (IPv4-mapped IPv6 unwrapped), or as is."""
     try:
@@ -85,6 +91,7 @@ def bare_address(address: str) -> str:
     return str(ip)
 
 
+@functools.lru_cache(maxsize=_CACHED)
 def is_loopback_host(host: str) -> bool:
     """``True`` for ``localhost`` and loopback IP addresses (``127.0.0.0/8``, ``::1``)."""
     name = host.strip().strip("[]").lower()
@@ -134,6 +141,7 @@ def parse_allowed_host(value: str) -> HostPattern:
     return HostPattern(bare_address(name), port)
 
 
+@functools.lru_cache(maxsize=_CACHED)
 def normalize_origin(value: str) -> str:
     """The serialized form of an origin: ``scheme://host[:port]``, lowercase, default port dropped.
 
