@@ -374,6 +374,17 @@ async def test_the_page_asks_for_the_key_once_and_streams_under_its_csp(start_se
         # The page's first API call gets 401: the dialog asks for the key.
         await settle(devtools, session, "!!document.querySelector('dialog#auth-dialog[open]')")
         await screenshot(devtools, session, "page-asks-for-the-key")
+        # Cancel: the page stops asking (it keeps polling) and offers a button instead.
+        await evaluate(
+            devtools,
+            session,
+            "document.querySelector('dialog#auth-dialog[open] button[type=button]').click(); true",
+        )
+        seen = await evaluate(devtools, session, "chatAuth.unauthorized")
+        await settle(devtools, session, f"chatAuth.unauthorized > {seen}")  # polled again
+        assert await evaluate(devtools, session, "!document.querySelector('dialog')")
+        await evaluate(devtools, session, "document.getElementById('auth-button').click(); true")
+        await settle(devtools, session, "!!document.querySelector('dialog#auth-dialog[open]')")
         fill = (
             "(() => { const d = document.querySelector('dialog#auth-dialog[open]');"
             " d.querySelector('input').value = KEY;"

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_chatruns.server import ServerSettings
+from trio_chatruns.server.cross_site import CrossSiteGuard
 from trio_chatruns.server.hosts import (
     HostPattern,
     is_loopback_host,
@@ -132,3 +133,65 @@ def test_strict_json_refuses_any_duplicate_key(key, first, second):
     )
     with pytest.raises(ValueError, match="duplicate key"):
         loads_strict(body)
+
+
+# -- the Host check on addresses a test cannot bind (ASGI scopes made by hand) -----
+
+
+async def guard_status(bound, local, host, origin=None):
+    """The status ``CrossSiteGuard`` answers a GET arriving on socket address ``local``."""
+    statuses = []
+
+    async def app(scope, receive, send):
+        statuses.append(200)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    headers = [(b"host", host.encode())]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/v1/chat/runs",
+        "scheme": "http",
+        "server": local,
+        "headers": headers,
+        "query_string": b"",
+    }
+    await CrossSiteGuard(app, bound_host=bound)(scope, receive, send)
+    return statuses[0]
+
+
+@pytest.mark.parametrize(
+    ("bound", "local", "host", "status"),
+    [
+        # Bound to every interface: the address a request arrived on is a name for it.
+        ("0.0.0.0", ("192.168.1.5", 8000), "192.168.1.5:8000", 200),
+        ("0.0.0.0", ("192.168.1.5", 8000), "localhost:8000", 421),
+        ("0.0.0.0", ("127.0.0.1", 8000), "localhost:8000", 200),
+        ("::", ("::ffff:192.168.1.5", 8000), "192.168.1.5:8000", 200),
+        ("::", ("2001:db8::5", 8000), "[2001:db8::5]:8000", 200),
+        ("0.0.0.0", ("192.168.1.5", 8000), "evil.example:8000", 421),
+        ("0.0.0.0", ("192.168.1.5", 8000), "192.168.1.5:8001", 421),
+        # Bound by name: that name is accepted.
+        ("chat.lan", ("10.0.0.2", 8000), "chat.lan:8000", 200),
+        ("chat.lan", ("10.0.0.2", 8000), "other.lan:8000", 421),
+        # No socket address (a Unix socket): the bound name, any port.
+        ("127.0.0.1", None, "localhost", 200),
+        ("127.0.0.1", None, "evil.example", 421),
+    ],
+)
+async def test_host_check_by_arrival_address(bound, local, host, status):
+    assert await guard_status(bound, local, host) == status
+
+
+async def test_a_host_without_port_gets_the_origin_of_the_arrival_port():
+    local = ("127.0.0.1", 8000)
+    assert await guard_status("127.0.0.1", local, "127.0.0.1", "http://127.0.0.1:8000") == 200
+    assert await guard_status("127.0.0.1", local, "127.0.0.1", "http://127.0.0.1") == 403

@@ -146,7 +146,15 @@ class CrossSiteGuard:
             return 400, str(exc)
         scheme = scope.get("scheme", "http")
         name = bare_address(name)
-        if not self._host_allowed(scope, name, port):
+        server = scope.get("server")
+        local = None if server is None else bare_address(str(server[0]))
+        local_port = None if server is None else int(server[1])
+        # Some clients leave the port out of Host (trio-websocket given a bare
+        # host name, for one): it means the port the request arrived on. The
+        # name, which DNS rebinding changes, is always checked.
+        if port is None:
+            port = local_port
+        if not self._host_allowed(name, port, local, local_port):
             return 421, (
                 f"this server does not answer for host {show(host_header)}; "
                 "start it with --allowed-host to add a name"
@@ -157,7 +165,10 @@ class CrossSiteGuard:
                 normalized = normalize_origin(origin)
             except ValueError:
                 return 403, f"cross-origin request refused: Origin {show(origin)}"
-            own = normalize_origin(f"{_HTTP_SCHEME.get(scheme, 'http')}://{host_header}")
+            authority = f"[{name}]" if ":" in name else name
+            if port is not None:
+                authority += f":{port}"
+            own = normalize_origin(f"{_HTTP_SCHEME.get(scheme, 'http')}://{authority}")
             if normalized != own and normalized not in self._origins:
                 return 403, (
                     f"cross-origin request refused: Origin {show(origin)} is not this "
@@ -170,23 +181,15 @@ class CrossSiteGuard:
                 return 415, f"request body must be Content-Type: application/json, not {shown}"
         return None
 
-    def _host_allowed(self, scope: Any, name: str, port: int | None) -> bool:
-        server = scope.get("server")
-        if server is None:  # not a TCP socket (tests, a Unix socket): no port to compare
-            local, local_port = self._bound, port
-        else:
-            local, local_port = bare_address(str(server[0])), int(server[1])
-        # Some clients leave the port out of Host (trio-websocket given a bare
-        # host name, for one); the name is what DNS rebinding changes, and the
-        # name is always checked. A port that is there must be the right one.
-        if port is None:
-            port = local_port
+    def _host_allowed(
+        self, name: str, port: int | None, local: str | None, local_port: int | None
+    ) -> bool:
         if any(pattern.matches(name, port) for pattern in self._hosts):
             return True
         if port != local_port:
             return False
-        names = {local, self._bound}
-        if local is not None and is_loopback_host(local):
+        names = {local or self._bound, self._bound}  # no socket address (a Unix socket)
+        if any(n is not None and is_loopback_host(n) for n in names):
             names |= LOOPBACK_NAMES
         return name in names
 

@@ -11,7 +11,7 @@
 // stream token (`access_token`), minted with the key, valid for one conversation's
 // streams. Without a stored key it adds nothing (a server without a key needs none).
 //
-// Exposed as window.chatAuth = { apiFetch, streamQuery, key, forgetKey }.
+// Exposed as window.chatAuth = { apiFetch, streamQuery, key, forgetKey, unauthorized }.
 "use strict";
 
 window.chatAuth = (() => {
@@ -79,6 +79,30 @@ window.chatAuth = (() => {
     });
   }
 
+  // After a Cancel the page stops asking (its polling would reopen the dialog every
+  // few seconds) and shows a button to enter the key later instead.
+  let declined = false;
+  let unauthorized = 0;  // 401 answers seen (for tests and debugging)
+  function decline() {
+    declined = true;
+    if (document.getElementById("auth-button")) return;
+    const button = document.createElement("button");
+    button.id = "auth-button";
+    button.type = "button";
+    button.textContent = "Enter API key";
+    button.addEventListener("click", async () => {
+      button.remove();
+      const entered = await askForKey("This server needs its API key:");
+      if (entered) {
+        sessionStorage.setItem(STORAGE_KEY, entered);
+        declined = false;
+      } else {
+        decline();
+      }
+    });
+    document.body.prepend(button);
+  }
+
   // fetch() with the key; on a 401, ask for the key and try again. Every API call of
   // the page goes through here. Returns the Response (a 401 if the user cancelled).
   async function apiFetch(url, init = {}) {
@@ -88,11 +112,16 @@ window.chatAuth = (() => {
       if (sent) headers.set("Authorization", "Bearer " + sent);
       const response = await fetch(url, { ...init, headers });
       if (response.status !== 401) return response;
+      unauthorized += 1;
       if (key() !== sent) continue;  // another request got the key meanwhile
+      if (declined) return response;
       const entered = await askForKey(sent
         ? "The server refused that API key. Enter the right one:"
         : "This server needs its API key (printed where it was started, or given with --api-key):");
-      if (!entered) return response;
+      if (!entered) {
+        decline();
+        return response;
+      }
       sessionStorage.setItem(STORAGE_KEY, entered);
     }
   }
@@ -109,5 +138,8 @@ window.chatAuth = (() => {
   }
 
   takeKeyFromUrl();
-  return { apiFetch, streamQuery, key, forgetKey };
+  return {
+    apiFetch, streamQuery, key, forgetKey,
+    get unauthorized() { return unauthorized; },
+  };
 })();
