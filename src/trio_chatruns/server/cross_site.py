@@ -11,15 +11,17 @@ on each HTTP request and WebSocket handshake, in this order:
    the address of the socket the request arrived on (plus ``localhost``,
    ``127.0.0.1`` and ``[::1]`` when that address is loopback) and the bound
    host name, each with the port the request arrived on (a ``Host`` without
-   a port means that port), and the names given with ``--allowed-host``. Anything else is ``421 Misdirected Request``
-   (RFC 9110 §15.5.20: this server does not answer for that authority); a
-   missing or malformed ``Host`` is ``400`` (RFC 9112 §3.2).
+   a port means that port), and the names given with ``--allowed-host``.
+   Anything else is ``421 Misdirected Request`` (RFC 9110 §15.5.20: this
+   server does not answer for that authority); a missing or malformed
+   ``Host`` is ``400`` (RFC 9112 §3.2).
 2. **Origin** (cross-site requests, cross-site WebSocket hijacking). Browsers
    send ``Origin`` on every CORS request (``fetch``, ``EventSource``), every
    ``POST`` (forms too) and every WebSocket handshake (Fetch standard,
-   "append a request Origin header"); a page can neither drop nor forge it. A request whose ``Origin`` is neither the server's own
-   (``scheme://`` + the checked ``Host``) nor listed with ``--allow-origin``
-   is ``403``, whatever its method. ``Origin: null`` (sandboxed frames,
+   "append a request Origin header"); a page can neither drop nor forge it.
+   A request whose ``Origin`` is neither the server's own (``scheme://`` +
+   the checked ``Host``) nor listed with ``--allow-origin`` is ``403``,
+   whatever its method. ``Origin: null`` (sandboxed frames,
    ``file:`` pages) is refused too. Requests without ``Origin`` (curl, httpx,
    any non-browser client) pass.
 3. **Content-Type** (simple requests). Without a CORS preflight a page can
