@@ -150,6 +150,11 @@ async def test_stream_tokens_expire(mock_clock):
     assert not tokens.verify(token, "c2")
     assert not tokens.verify(token + "x", "c1")
     assert not StreamTokens(ttl=60).verify(token, "c1")  # another process's secret
+    rotated = StreamTokens(ttl=60)
+    old = rotated.issue("c1")
+    rotated.rotate()
+    assert not rotated.verify(old, "c1")
+    assert rotated.verify(rotated.issue("c1"), "c1")
     mock_clock.jump(59.9)
     assert tokens.verify(token, "c1")
     mock_clock.jump(0.2)

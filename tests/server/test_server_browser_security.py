@@ -205,6 +205,7 @@ async def open_page(devtools, url):
     )
     session = attached["sessionId"]
     await devtools.call("Page.enable", session)
+    await devtools.call("Network.enable", session)
     await devtools.call("Page.addScriptToEvaluateOnNewDocument", session, source=CSP_WATCH)
     await devtools.call("Page.navigate", session, url=url)
     return session
@@ -405,12 +406,25 @@ async def test_the_page_asks_for_the_key_once_and_streams_under_its_csp(start_se
         expected = "".join(scripted_reply(prompt, PAGE_MODEL.reply_tokens))
         await settle(devtools, session, f"chatState.text.length > {len(expected) // 3}")
         assert running.server.disconnect_streams() >= 1  # EventSource resumes with its token
+        await settle(devtools, session, f"chatState.text.length > {2 * len(expected) // 3}")
+        # Past its token's life, a reconnect gets 401: the page gets a new token and
+        # reopens from its last seq (rotate() stands in for the minute going by).
+        running.server.stream_tokens.rotate()
+        assert running.server.disconnect_streams() >= 1
         await settle(devtools, session, "chatState.ended && chatState.status === 'completed'")
         state = await state_of(devtools, session)
         assert state["text"] == expected
         assert state["dom"] == expected
         assert state["duplicates"] == 0
-        assert state["opens"] >= 2
+        assert state["opens"] >= 3
+        refused_streams = [
+            e["params"]["response"]["url"]
+            for e in devtools.events
+            if e.get("method") == "Network.responseReceived"
+            and e["params"]["response"]["status"] == 401
+            and "/stream?" in e["params"]["response"]["url"]
+        ]
+        assert refused_streams, "the reconnect with the old token was refused"
         assert state["key"] == KEY  # kept for the tab
         assert state["csp"] == []
         # The styles came from app.css (no inline style is allowed).

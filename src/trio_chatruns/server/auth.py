@@ -153,6 +153,14 @@ class StreamTokens:
         self.ttl = ttl
         self._secret = secrets.token_bytes(32) if secret is None else secret
 
+    def rotate(self) -> None:
+        """Invalidate every token issued so far (a new secret). Synchronous.
+
+        Open streams are not affected; a browser's next reconnect gets 401
+        and the page fetches a new token, as after a restart.
+        """
+        self._secret = secrets.token_bytes(32)
+
     def _sign(self, conversation_id: str, expiry: str) -> str:
         digest = hmac.new(
             self._secret, f"{conversation_id}\n{expiry}".encode(), hashlib.sha256
