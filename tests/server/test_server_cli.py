@@ -48,7 +48,16 @@ def busy_port():
 
 def test_port_in_use_is_one_error_line_and_status_1(busy_port):
     result = subprocess.run(
-        [sys.executable, "-m", "trio_chatruns.server", "serve", "--port", str(busy_port)],
+        [
+            sys.executable,
+            "-m",
+            "trio_chatruns.server",
+            "serve",
+            "--port",
+            str(busy_port),
+            "--db",
+            ":memory:",
+        ],
         capture_output=True,
         text=True,
         timeout=30,

@@ -90,6 +90,8 @@ async def test_cli_exits_cleanly_on_signal(signum, sse):
             "3",
             "--tokens-per-second",
             "40",
+            "--db",
+            ":memory:",
         ],
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -22,8 +22,9 @@ const LIST_MS = 10000;
 
 // ---------------------------------------------------------------- requests
 
-// The one function that talks to the API. Throws a TypeError when the server
-// cannot be reached (fetch's network error); marks the page reachable otherwise.
+// The one function that talks to the API: auth.js's apiFetch (the API key; a 401
+// asks for it once), plus JSON bodies. Throws a TypeError when the server cannot be
+// reached (fetch's network error); marks the page reachable otherwise.
 async function apiFetch(path, options = {}) {
   const init = { ...options, headers: { ...(options.headers || {}) } };
   if ("json" in init) {
@@ -33,7 +34,7 @@ async function apiFetch(path, options = {}) {
   }
   let response;
   try {
-    response = await fetch(path, init);
+    response = await window.chatAuth.apiFetch(path, init);
   } catch (err) {
     setUnreachable(true);
     throw err;
@@ -49,9 +50,11 @@ async function apiJson(path, options) {
   return { status: response.status, ok: response.ok, body };
 }
 
-// The one function that builds stream URLs (EventSource cannot send headers).
-function streamUrl(conversationId, params) {
+// The one function that builds stream URLs. EventSource cannot send headers, so
+// auth.js adds a short-lived stream token when the server needs a key.
+async function streamUrl(conversationId, params) {
   const query = new URLSearchParams(params);
+  await window.chatAuth.streamQuery(conversationId, query);
   return `/v1/chat/runs/${encodeURIComponent(conversationId)}/stream?${query}`;
 }
 
@@ -271,19 +274,37 @@ function closeStream() {
 // Stream the oldest turn that has not ended (one stream at a time; queued runs
 // wait on the server until they start).
 function pump() {
-  if (!state.es) {
+  if (!state.es && !state.streaming) {
     const next = state.turns.find((t) => !t.ended);
     if (next) openStream(next);
   }
   renderStatusLine();
 }
 
-function openStream(turn) {
+let openings = 0;  // openStream() calls: a later one supersedes one still getting a token
+
+async function openStream(turn) {
   closeStream();
   const cid = state.conversationId;
+  const token = state.loadToken;
+  const opening = ++openings;
   const params = { run_id: turn.runId };
   if (turn.lastSeq) params.after = String(turn.lastSeq);
-  const es = new EventSource(streamUrl(cid, params));
+  state.streaming = turn;  // reserved: pump() opens nothing else meanwhile
+  state.connection = "connecting";
+  let url;
+  try {
+    url = await streamUrl(cid, params);
+  } catch (err) {
+    if (opening !== openings) return;
+    state.streaming = null;
+    state.connection = "closed";
+    if (!state.unreachable) setError(`Cannot open the stream: ${err.message}`);
+    setTimeout(() => { if (token === state.loadToken) pump(); }, 2000);
+    return;
+  }
+  if (opening !== openings || token !== state.loadToken || state.streaming !== turn) return;
+  const es = new EventSource(url);
   state.es = es;
   state.streaming = turn;
   state.connection = "connecting";
@@ -292,6 +313,7 @@ function openStream(turn) {
     if (es !== state.es) return;
     state.opens += 1;
     state.connection = "open";
+    turn.retries = 0;
     if (state.reconnecting) {
       state.resumedFrom = turn.lastSeq;
       showBanner(`Reconnected: resumed after seq ${turn.lastSeq}.`, "ok", 4000);
@@ -389,12 +411,15 @@ async function reconcile(turn) {
     if (!state.lost.includes(turn.runId)) state.lost.push(turn.runId);
     endTurn(turn, "lost");
   } else if (ACTIVE.has(reply.status)) {
-    // Still running (e.g. we were refused for a while): resume by hand.
+    // Still running (e.g. the stream token expired, or we were refused for a
+    // while): resume by hand from the last seq, soon, backing off if it repeats.
     turn.status = reply.status;
-    setTimeout(() => { if (token === state.loadToken) pump(); }, 1000);
+    const delay = Math.min(150 * 2 ** (turn.retries || 0), 3000);
+    turn.retries = (turn.retries || 0) + 1;
+    setTimeout(() => { if (token === state.loadToken) pump(); }, delay);
     return;
   } else {
-    applyStored(turn, reply, true);
+    applyStored(turn, reply);
   }
   mergeMessages(messages);
   pump();
@@ -412,7 +437,7 @@ async function refreshTurn(turn, tries) {
   }
   if (token !== state.loadToken) return;
   const reply = messages.find((m) => m.role === "assistant" && m.run_id === turn.runId);
-  if (reply && !ACTIVE.has(reply.status)) applyStored(turn, reply, false);
+  if (reply && !ACTIVE.has(reply.status)) applyStored(turn, reply);
   else if (tries > 1) setTimeout(() => refreshTurn(turn, tries - 1), 500);
 }
 
@@ -425,10 +450,13 @@ async function fetchMessages(cid) {
 }
 
 // A stored reply: the history is the truth once the run has ended.
-function applyStored(turn, message, replaceText) {
+function applyStored(turn, message) {
   if (state.streaming === turn) return;  // its stream will deliver the end itself
-  if (replaceText || (!turn.text && message.content)) setText(turn, message.content);
-  if (replaceText || turn.tools.length === 0) setTools(turn, message.tool_calls);
+  // The saved reply has everything the run produced, unless its start was trimmed
+  // (`gap`) and this page had streamed it from the start.
+  const keepOurs = message.gap && turn.text.length > message.content.length;
+  if (!keepOurs && turn.text !== message.content) setText(turn, message.content);
+  if (!keepOurs) setTools(turn, message.tool_calls);
   turn.gap = message.gap || null;
   if (message.status === "lost") {
     turn.lostNote = "The server stopped before this reply was saved: the run was lost.";
@@ -452,7 +480,7 @@ function mergeMessages(messages) {
       if (turn.ended && !turn.lastSeq) { turn.ended = false; }
       if (!turn.lastSeq) { turn.status = message.status; renderTurn(turn); }
     } else if (!turn.ended || (!turn.text && message.content)) {
-      applyStored(turn, message, !turn.lastSeq);
+      applyStored(turn, message);
     }
   }
 }
