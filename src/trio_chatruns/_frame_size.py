@@ -20,7 +20,9 @@ if c_make_encoder is not None:  # CPython's C accelerator, built once rather tha
     )
 
     def _join_chunks(frame: Any) -> str:
-        return "".join(_encode_once(frame, 0))
+        chunks = _encode_once(frame, 0)
+        # A dict or list at the top comes back as one chunk: skip the join.
+        return chunks[0] if len(chunks) == 1 else "".join(chunks)
 
     _compact_json = _join_chunks
 
