@@ -284,7 +284,7 @@ async def test_any_model_error_ends_with_an_error_frame_logged_once(start_server
         with trio.fail_after(5):
             frames, record = await follow(running.server.registry, "bug")
         # Clients get the type and a message written for them, not the exception's text.
-        message = "the chat model failed (KeyError)"
+        message = "the chat model failed"
         assert frames[-1] == {"type": "error", "error_type": "KeyError", "message": message}
         assert record.status.value == "failed"
         assert record.last_error == f"KeyError: {message}"

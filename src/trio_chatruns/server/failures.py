@@ -133,7 +133,7 @@ def client_error(exc: BaseException, *, expose: bool = False) -> ClientError:
         return ClientError(
             error_type, "the chat model stopped; the server is shutting down", "fatal"
         )
-    message = describe_error(exc) if expose else f"the chat model failed ({error_type})"
+    message = describe_error(exc) if expose else "the chat model failed"
     return ClientError(error_type, message, "exception")
 
 
