@@ -4,7 +4,11 @@ and the command line (--version, plain help, --timeout, TRIO_CHATRUNS_* variable
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import httpx
@@ -20,6 +24,7 @@ from trio_chatruns.server.failures import FAILURE_KINDS
 from trio_chatruns.server.metrics import METRICS
 
 DOCS = Path(__file__).parents[2] / "docs" / "server.md"
+SCRIPT = Path(sys.executable).with_name("trio-chatruns")
 
 
 async def finished(client, registry, conversation_id, prompt="p"):
@@ -279,3 +284,51 @@ def test_a_bad_environment_value_is_an_error_naming_the_variable(capsys, name, v
         parse_with_env({name: value})
     assert exit_.value.code == 2
     assert name in capsys.readouterr().err
+
+
+async def test_a_model_raising_system_exit_ends_the_command_gracefully_with_its_status(tmp_path):
+    if not SCRIPT.exists():
+        pytest.skip("the trio-chatruns console script is not installed next to python")
+    (tmp_path / "exiting_models.py").write_text(
+        textwrap.dedent(
+            """
+            import trio
+
+            async def model(run, request):
+                run.push_frame({"type": "token", "text": "bye"})
+                if request.prompt == "exit":
+                    raise SystemExit(3)
+                await trio.sleep_forever()
+            """
+        )
+    )
+    process = await trio.lowlevel.open_process(
+        [str(SCRIPT), "serve", "--port", "0", "--producer", "exiting_models:model"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": ""},
+    )
+    buffer = bytearray()
+    try:
+        with trio.fail_after(15):
+            while b"open it in a browser" not in buffer:
+                chunk = await process.stderr.receive_some()
+                assert chunk, buffer.decode()
+                buffer += chunk
+        url = buffer.decode().split("serving on ")[1].split()[0]
+        async with httpx.AsyncClient(base_url=url) as client:
+            await client.post("/v1/chat/runs/other", json={"prompt": "stay"})
+            await client.post("/v1/chat/runs/x", json={"prompt": "exit"})
+        with trio.fail_after(15):
+            while chunk := await process.stderr.receive_some():
+                buffer += chunk
+            assert await process.wait() == 3
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()
+    log = buffer.decode()
+    assert "a chat model raised SystemExit: shutting the server down gracefully" in log
+    assert "shutting down: interrupted 1 active run(s): other/" in log
+    assert "Traceback" in log  # the failure's whole story is in the log, at WARNING

@@ -115,6 +115,7 @@ class ChatServer:
     _dropped: int = attrs.field(default=0, init=False)
     _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
     _lagged: int = attrs.field(default=0, init=False)
+    _fatal: BaseException | None = attrs.field(default=None, init=False)
     _failures: int = attrs.field(default=0, init=False)
     # Runs interrupted by begin_shutdown(): their streams end with reason "shutdown".
     _shutdown_runs: set[str] = attrs.field(factory=set, init=False)
@@ -181,6 +182,15 @@ class ChatServer:
     # -- what streams and producers report ------------------------------------
 
     @property
+    def fatal_exception(self) -> BaseException | None:
+        """The first ``KeyboardInterrupt``/``SystemExit`` a model raised, if any.
+
+        ``trio-chatruns`` exits with its status after the graceful shutdown it
+        caused (``SystemExit.code``, or 130 for ``KeyboardInterrupt``).
+        """
+        return self._fatal
+
+    @property
     def shutdown_runs(self) -> frozenset[str]:
         """Run ids :meth:`begin_shutdown` interrupted."""
         return frozenset(self._shutdown_runs)
@@ -224,6 +234,8 @@ class ChatServer:
         logger.error(
             "a chat model raised %s: shutting the server down gracefully", type(exc).__name__
         )
+        if self._fatal is None:
+            self._fatal = exc
         if self.on_shutdown_request is not None:
             self.on_shutdown_request()
         else:

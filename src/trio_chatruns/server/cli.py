@@ -166,8 +166,8 @@ def parser() -> argparse.ArgumentParser:
     ops.add_argument(
         "--expose-errors",
         action="store_true",
-        help="send clients the whole text of a model's exception (default: its type and a "
-        "summary; the whole text goes to the log)",
+        help="send clients the whole text of a model's exception (otherwise they get its "
+        "type and a summary, and the whole text goes to the log only)",
     )
     p.add_argument(
         "--log-level",
@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trio-chatruns: error: {exc}", file=sys.stderr)
         return 2
     try:
-        trio.run(_main, model, settings, registry_config)
+        status = trio.run(_main, model, settings, registry_config)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
@@ -258,13 +258,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return status
+
+
+def _fatal_status(exc: BaseException | None) -> int:
+    """The exit status after a model raised ``exc`` (``None``: no such thing, 0)."""
+    if exc is None:
+        return 0
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else 1
+    return 130  # KeyboardInterrupt, as for a Ctrl+C
 
 
 async def _main(
     model: ChatModel, settings: ServerSettings, registry_config: RegistryConfig
-) -> None:
+) -> int:
     hard_exit: threading.Timer | None = None
+    running: RunningServer | None = None
     try:
         async with trio.open_nursery() as nursery:
 
@@ -272,7 +282,7 @@ async def _main(
                 await serve(model, settings, registry_config, task_status=task_status)
                 nursery.cancel_scope.cancel()
 
-            running: RunningServer = await nursery.start(run_server)
+            running = await nursery.start(run_server)
             print(
                 f"trio-chatruns: serving on {running.url} — open it in a browser; Ctrl+C stops",
                 file=sys.stderr,
@@ -288,6 +298,7 @@ async def _main(
     finally:
         if hard_exit is not None:
             hard_exit.cancel()
+    return _fatal_status(running.server.fatal_exception if running is not None else None)
 
 
 def _hard_exit(delay: float) -> None:
