@@ -226,8 +226,9 @@ def test_help_is_plain_text(capsys, argv):
         main(argv)
     text = capsys.readouterr().out
     assert "usage: trio-chatruns" in text
-    for markup in ("``", ":class:", ":func:", ":meth:", ".. "):
+    for markup in ("``", ":class:", ":func:", ":meth:", ":mod:"):
         assert markup not in text
+    assert not re.search(r"^\s*\.\. [\w-]+::", text, re.MULTILINE)  # no reST directives
 
 
 def test_timeout_reaches_the_openai_model():

@@ -19,17 +19,22 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from .. import ChatRunStatus
 from .accesslog import AccessLogMiddleware
+from .auth import ApiKeyAuth, StreamTokens, stream_token_route
 from .config import ServerSettings
+from .cross_site import CrossSiteGuard
 from .failures import log_failure
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
 from .openapi import openapi_schema
 from .routes import api_routes, error_handlers
+from .security_headers import SecurityHeaders
 from .sse import JSONResponse
 from .ws_stream import websocket_stream
 
@@ -119,6 +124,8 @@ class ChatServer:
     _failures: int = attrs.field(default=0, init=False)
     # Runs interrupted by begin_shutdown(): their streams end with reason "shutdown".
     _shutdown_runs: set[str] = attrs.field(factory=set, init=False)
+    stream_tokens: StreamTokens = attrs.field(factory=StreamTokens, init=False, repr=False)
+    """Signs the short-lived tokens that open a stream without an ``Authorization`` header."""
 
     @property
     def closing(self) -> bool:
@@ -153,16 +160,50 @@ class ChatServer:
         routes = [
             Route("/", page),
             Route("/app.js", page_script),
+            _static_route("/auth.js", "auth.js", "text/javascript; charset=utf-8"),
+            _static_route("/app.css", "app.css", "text/css; charset=utf-8"),
             *api_routes(),
+            stream_token_route(),
             WebSocketRoute("/v1/chat/runs/{conversation_id}/ws", ws),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ]
-        app = Starlette(routes=routes, exception_handlers=error_handlers())
+        app = Starlette(
+            routes=routes,
+            exception_handlers=error_handlers(),
+            middleware=self._security_middleware(),
+        )
         app.state.chat_server = self
         # Added last, so outermost: it sees every answer, refusals included.
         app.add_middleware(AccessLogMiddleware, server=self)
+        app.state.stream_tokens = self.stream_tokens
         return app
+
+    def _security_middleware(self) -> list[Middleware]:
+        """The security layers, outermost first (see docs/server.md, "Security")."""
+        settings = self.settings
+        layers = [
+            Middleware(SecurityHeaders),
+            Middleware(
+                CrossSiteGuard,
+                bound_host=settings.host,
+                allowed_hosts=settings.allowed_hosts,
+                allowed_origins=settings.allowed_origins,
+            ),
+        ]
+        if settings.allowed_origins:
+            # Origins the operator listed may also read answers (CORS); the
+            # preflight is answered here, before authentication, as it must be.
+            layers.append(
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=settings.allowed_origins,
+                    allow_methods=["GET", "POST", "DELETE"],
+                    allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                )
+            )
+        layers.append(Middleware(ApiKeyAuth, api_key=settings.api_key, tokens=self.stream_tokens))
+        return layers
 
     def subscriber_count(self, run_id: str) -> int:
         """Streams (SSE and WebSocket) open on run ``run_id`` now."""
@@ -333,6 +374,16 @@ class ChatServer:
         """Return once no stream is open (immediately if none is)."""
         if self._drop_scopes:
             await self._idle.wait()
+
+
+def _static_route(path: str, name: str, media_type: str) -> Route:
+    """A ``GET`` route answering the packaged file ``static/<name>``."""
+    content = _static(name)
+
+    async def endpoint(request: Request) -> Response:
+        return Response(content, media_type=media_type)
+
+    return Route(path, endpoint)
 
 
 def _static(name: str) -> bytes:

@@ -169,6 +169,30 @@ def parser() -> argparse.ArgumentParser:
         help="send clients the whole text of a model's exception (otherwise they get its "
         "type and a summary, and the whole text goes to the log only)",
     )
+    sec = p.add_argument_group("security (see docs/server.md, Security)")
+    sec.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1/... and /metrics; also read from "
+        "TRIO_CHATRUNS_API_KEY (prefer it: other users can read a command line). Without one, "
+        "a non-loopback --host gets a generated key, logged in the page URL",
+    )
+    sec.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept requests (and CORS reads) from this web origin, e.g. "
+        "http://localhost:3000; repeatable",
+    )
+    sec.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also answer for this Host: NAME (any port), NAME:PORT, or '*' for any "
+        "(turns off the DNS-rebinding check); repeatable",
+    )
     p.add_argument(
         "--log-level",
         default="INFO",
@@ -232,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             graceful_timeout=args.graceful_timeout,
             access_log=not args.no_access_log,
             expose_errors=args.expose_errors,
+            api_key=args.api_key or os.environ.get("TRIO_CHATRUNS_API_KEY") or None,
+            allowed_hosts=tuple(args.allowed_host),
+            allowed_origins=tuple(args.allow_origin),
         )
         registry_config = RegistryConfig(
             max_events_per_run=args.max_events,
@@ -270,9 +297,7 @@ def _fatal_status(exc: BaseException | None) -> int:
     return 130  # KeyboardInterrupt, as for a Ctrl+C
 
 
-async def _main(
-    model: ChatModel, settings: ServerSettings, registry_config: RegistryConfig
-) -> int:
+async def _main(model: ChatModel, settings: ServerSettings, registry_config: RegistryConfig) -> int:
     hard_exit: threading.Timer | None = None
     running: RunningServer | None = None
     try:

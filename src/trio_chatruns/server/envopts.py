@@ -8,7 +8,8 @@ over the built-in default. A flag (``--expose-errors``, ``--no-access-log``)
 takes ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` (any
 case); an option that may be given several times takes a comma-separated
 list. A value is checked as the option's own would be, and a bad one is an
-error naming the variable (exit status 2).
+error naming the variable (exit status 2). ``TRIO_CHATRUNS_API_KEY`` is read
+by the command itself, so the key never shows as a default in ``--help``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from collections.abc import Mapping
 __all__ = ["ENV_PREFIX", "apply_environment", "env_name"]
 
 ENV_PREFIX = "TRIO_CHATRUNS_"
+
+# Read by the command itself (its value must never show as a --help default).
+_READ_ELSEWHERE = {"--api-key"}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -41,6 +45,8 @@ def apply_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str
     for action in parser._actions:
         option = _long_option(action)
         if option is None or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        if option in _READ_ELSEWHERE:
             continue
         name = env_name(option)
         if name not in environ:

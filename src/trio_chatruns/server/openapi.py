@@ -141,6 +141,11 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["interrupted", "run_id"],
         "properties": {"interrupted": {"const": True}, "run_id": {"type": "string"}},
     },
+    "StreamToken": {
+        "type": "object",
+        "required": ["token", "expires_in"],
+        "properties": {"token": {"type": "string"}, "expires_in": {"type": "number"}},
+    },
     "Stats": {
         "type": "object",
         "required": ["registry", "server"],
@@ -311,6 +316,30 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+    "/auth.js": {
+        "get": {
+            "summary": "The page's API-key prompt",
+            "responses": {
+                "200": {"description": "JavaScript", "content": {"text/javascript": _TEXT}}
+            },
+        }
+    },
+    "/app.css": {
+        "get": {
+            "summary": "The page's style sheet",
+            "responses": {"200": {"description": "CSS", "content": {"text/css": _TEXT}}},
+        }
+    },
+    "/v1/chat/runs/{conversation_id}/stream-token": {
+        "post": {
+            "summary": "A short-lived token opening this conversation's streams (?access_token=)",
+            "parameters": [_CID],
+            "responses": {
+                "200": _json(_ref("StreamToken"), "the token and its lifetime in seconds"),
+                "400": _BAD_ID,
+            },
+        }
+    },
     "/v1/chat/runs/{conversation_id}/interrupt": {
         "post": {
             "summary": "Interrupt the active run",
@@ -323,6 +352,29 @@ _PATHS: dict[str, Any] = {
         }
     },
 }
+
+
+def _with_guards(paths: dict[str, Any]) -> dict[str, Any]:
+    """Add the answers of the security layers (docs/server.md, "Security") to every operation.
+
+    Before any route: a missing or malformed ``Host`` is ``400``, one the
+    server does not answer for ``421``, a foreign ``Origin`` ``403``; a body
+    that is not ``application/json`` is ``415``; under ``/v1`` and
+    ``/metrics``, a request without the API key (when one is set) ``401``.
+    """
+    paths = copy.deepcopy(paths)
+    for path, item in paths.items():
+        for operation in item.values():
+            responses = operation["responses"]
+            responses.setdefault("400", _error("missing or malformed Host header"))
+            responses.setdefault("403", _error("cross-origin request: a foreign Origin"))
+            responses.setdefault("421", _error("a Host this server does not answer for"))
+            if "requestBody" in operation:
+                responses.setdefault("415", _error("a body that is not application/json"))
+            if path.startswith(("/v1/", "/metrics")):
+                responses.setdefault("401", _error("an API key is set and was not sent"))
+            operation["responses"] = dict(sorted(responses.items()))
+    return paths
 
 
 def openapi_schema() -> dict[str, Any]:
@@ -341,7 +393,7 @@ def openapi_schema() -> dict[str, Any]:
                 'see docs/server.md. Every error body is {"error": message}; '
                 "unknown paths answer 404 and wrong methods 405.",
             },
-            "paths": _PATHS,
+            "paths": _with_guards(_PATHS),
             "components": {"schemas": _SCHEMAS},
         }
     )
