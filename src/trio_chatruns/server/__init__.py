@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .app import ChatServer, ServerStats
 from .config import ServerSettings
+from .failures import ModelFailure
 from .producers import (
     ChatMessage,
     ChatModel,
@@ -38,6 +39,7 @@ __all__ = [
     "ChatModel",
     "ChatRequest",
     "ChatServer",
+    "ModelFailure",
     "OpenAIChatModel",
     "RunningServer",
     "ScriptedModel",

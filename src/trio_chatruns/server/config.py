@@ -103,6 +103,11 @@ class ServerSettings:
         history_messages (int): the most earlier messages of the
             conversation handed to the model with a prompt (oldest dropped
             first); ``0`` sends each prompt alone.
+        access_log (bool): log every request at INFO to the
+            ``trio_chatruns.access`` logger (``--no-access-log`` turns it off).
+        expose_errors (bool): send clients the whole text of a model's
+            exception (``--expose-errors``); off by default: clients get the
+            type and a generic message, the log gets the rest.
         api_key (str | None): when set, every ``/v1`` and ``/metrics`` request
             needs ``Authorization: Bearer <api_key>`` (401 otherwise; see
             :mod:`trio_chatruns.server.auth`). Not shown in ``repr``.
@@ -132,6 +137,8 @@ class ServerSettings:
     graceful_timeout: float = attrs.field(default=5.0, validator=_pos_float)
     db: str = attrs.field(default=":memory:", validator=[v.instance_of(str), v.min_len(1)])
     history_messages: int = attrs.field(default=20, validator=[v.instance_of(int), v.ge(0)])
+    access_log: bool = attrs.field(default=True, validator=v.instance_of(bool))
+    expose_errors: bool = attrs.field(default=False, validator=v.instance_of(bool))
     api_key: str | None = attrs.field(default=None, validator=_check_api_key, repr=False)
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_hosts)
     allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)

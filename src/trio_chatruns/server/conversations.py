@@ -36,6 +36,7 @@ from .producers import ChatMessage, ChatRequest, make_producer
 
 if TYPE_CHECKING:
     from .. import ChatRun, ChatRunEvent, ChatRunRecord, ChatRunRegistry
+    from .failures import FailureReporter
     from .producers import ChatModel
 
 __all__ = [
@@ -147,6 +148,8 @@ class ConversationHistory:
         prompt: str,
         position: int,
         prepared: ChatRequest | None = None,
+        *,
+        reporter: FailureReporter | None = None,
     ) -> Any:
         """The producer for ``registry.try_start``: reads the history, then runs ``model``.
 
@@ -167,7 +170,7 @@ class ConversationHistory:
 
         name = getattr(model, "__qualname__", None) or type(model).__name__
         with_history.__qualname__ = name
-        return make_producer(with_history, ChatRequest(conversation_id, prompt))
+        return make_producer(with_history, ChatRequest(conversation_id, prompt), reporter)
 
     def has_pending(self, conversation_id: str) -> bool:
         """Whether a turn of the conversation is accepted and not saved yet; synchronous."""
@@ -263,16 +266,16 @@ class ConversationHistory:
         if pending is not None:
             await pending.saved.wait()
 
-    def cancel_queued(self) -> int:
+    def cancel_queued(self) -> list[tuple[str, str]]:
         """Cancel every queued run (they end ``cancelled`` without running); synchronous.
 
         For a shutdown: their streams then end at once instead of waiting for
-        the registry to close. Returns how many were cancelled.
+        the registry to close. Returns the ``(conversation_id, run_id)`` of each.
         """
-        cancelled = 0
+        cancelled: list[tuple[str, str]] = []
         for pending in list(self._pending.values()):
-            if pending.run.record.status is ChatRunStatus.QUEUED:
-                cancelled += pending.run.interrupt()
+            if pending.run.record.status is ChatRunStatus.QUEUED and pending.run.interrupt():
+                cancelled.append((pending.conversation_id, pending.run_id))
         return cancelled
 
     # -- deleting ------------------------------------------------------------

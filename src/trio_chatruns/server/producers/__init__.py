@@ -10,7 +10,14 @@ network) and :class:`OpenAIChatModel` (any OpenAI-compatible streaming
 endpoint). :func:`load_model` resolves a ``module:function`` spec to your own.
 """
 
-from .base import ChatMessage, ChatModel, ChatRequest, load_model, make_producer
+from .base import (
+    ChatMessage,
+    ChatModel,
+    ChatRequest,
+    describe_model,
+    load_model,
+    make_producer,
+)
 from .openai import OpenAIChatModel
 from .scripted import ScriptedModel, scripted_reply
 
@@ -20,6 +27,7 @@ __all__ = [
     "ChatRequest",
     "OpenAIChatModel",
     "ScriptedModel",
+    "describe_model",
     "load_model",
     "make_producer",
     "scripted_reply",
