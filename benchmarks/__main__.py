@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from . import churn, eviction, fanout, memory, replay
+from . import churn, eviction, fanout, memory, replay, server
 from ._timing import clock_name, machine, use_cpu_clock
 
 WORKLOADS = {
@@ -21,6 +21,7 @@ WORKLOADS = {
     "eviction": eviction,
     "memory": memory,
     "churn": churn,
+    "server": server,
 }
 
 
@@ -46,6 +47,8 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
     if "churn_runs_per_s" in res:
         x = res["churn_runs_per_s"]
         out.append(("churn >= 20,000 runs/s", f"{x:,.0f}/s", x >= 20_000))
+    if "server" in res:
+        out.extend(server.targets(res["server"]))
     return out
 
 
