@@ -2,7 +2,8 @@
 
 Both transports (:mod:`.sse_stream`, :mod:`.ws_stream`) resolve the client's
 cursor with :func:`resolve_stream` and then run one loop, :func:`pump`, over
-``registry.subscribe``:
+``registry.subscribe``, in the task that writes the response (events are
+encoded by :mod:`.wire`, once per event):
 
 - replay from the client's cursor, then live events, each sent with its
   ``<run_id>:<seq>`` cursor;
@@ -20,18 +21,21 @@ rely on.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
+import trio
 
 from .. import ChatRunEvent, ChatRunRecord, ReplayGap, RunNotFound, SubscriberLagged
 from .config import valid_conversation_id
 from .sse import Cursor, parse_cursor, parse_run_id, parse_seq
 
 if TYPE_CHECKING:
+    from .. import ChatRunSubscription
     from .app import ChatServer
 
 __all__ = [
+    "MAX_BATCH",
     "StreamPlan",
     "StreamRefusal",
     "StreamSink",
@@ -128,41 +132,84 @@ def resolve_stream(
     return StreamPlan(conversation_id, record.run_id, cursor.after, record, resumed)
 
 
-class StreamSink(Protocol):
-    """Where :func:`pump` delivers a stream; one implementation per transport."""
+M = TypeVar("M", bytes, str)
 
-    async def event(self, event: ChatRunEvent) -> None: ...
-    async def gap(self, first: int, last: int, run_id: str) -> None: ...
-    async def end(self, record: ChatRunRecord | None) -> None: ...
-    async def lagged(self, resume_after: int, run_id: str) -> None: ...
+MAX_BATCH = 512
+"""Most messages a stream sends in one write (bounds one write's size)."""
 
 
-async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink) -> None:
+class StreamSink(Protocol[M]):
+    """Where :func:`pump` delivers a stream; one implementation per transport.
+
+    The message methods only encode (synchronous, no checkpoint); :meth:`send`
+    writes what :func:`pump` collected, as few writes as the transport allows
+    (SSE: one body; WebSocket: one message each).
+    """
+
+    def event(self, event: ChatRunEvent) -> M: ...
+    def gap(self, first: int, last: int, run_id: str) -> M: ...
+    def ping(self) -> M: ...
+    def end(self, record: ChatRunRecord | None) -> M: ...
+    def lagged(self, resume_after: int, run_id: str) -> M: ...
+    async def send(self, messages: list[M], *, final: bool) -> None: ...
+
+
+async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink[M]) -> None:
     """Deliver ``plan``'s run to ``sink`` until it ends, lags, or is cancelled.
 
-    Calls ``sink.end`` after the run's last frame, ``sink.lagged`` if the
-    registry dropped this subscriber; returns after either. Cancellation
+    One task does all of it: it takes whatever events are ready, sends them
+    in one :meth:`StreamSink.send`, and waits only when nothing is; the
+    heartbeat is the deadline of that one wait (``heartbeat_interval``
+    seconds after the last send), not a timer per event. The last send is
+    ``final``: the run's ``end`` (after its last frame) or ``lagged`` (the
+    registry dropped this subscriber), with whatever preceded it. Cancellation
     (client gone, :meth:`ChatServer.disconnect_streams`) propagates.
     """
     after = plan.after
+    out: list[M] = []
+    heartbeat = server.settings.heartbeat_interval
     while True:
         try:
             async with server.registry.subscribe(
                 plan.conversation_id, after=after, run_id=plan.run_id
             ) as subscription:
-                async for event in subscription:
-                    await sink.event(event)
-                record = subscription.record
+                await _deliver(subscription, sink, out, heartbeat)
+                record: ChatRunRecord | None = subscription.record
         except ReplayGap as gap:
             first, after = after + 1, gap.available_from - 1
-            await sink.gap(first, after, plan.run_id)
+            out.append(sink.gap(first, after, plan.run_id))
             continue
         except SubscriberLagged as lag:
-            await sink.lagged(lag.resume_after, plan.run_id)
+            out.append(sink.lagged(lag.resume_after, plan.run_id))
+            await sink.send(out, final=True)
             return
         except RunNotFound:
             # Evicted or replaced between accepting the stream and subscribing.
-            await sink.end(None)
-            return
-        await sink.end(record)
+            record = None
+        out.append(sink.end(record))
+        await sink.send(out, final=True)
+        return
+
+
+async def _deliver(
+    subscription: ChatRunSubscription, sink: StreamSink[M], out: list[M], heartbeat: float
+) -> None:
+    """Send ``subscription``'s events until it ends; ``out`` holds what is not sent yet."""
+    deadline = trio.current_time() + heartbeat
+    try:
+        while True:
+            if not out:
+                with trio.CancelScope(deadline=deadline) as wait:
+                    out.append(sink.event(await subscription.__anext__()))
+                if wait.cancelled_caught:
+                    out.append(sink.ping())
+            # Events already queued come out of the subscription without a
+            # checkpoint, so nothing is pushed meanwhile and this count holds.
+            ready = subscription.record.latest_seq - subscription.last_seq
+            for _ in range(min(ready, MAX_BATCH - len(out))):
+                out.append(sink.event(await subscription.__anext__()))
+            await sink.send(out, final=False)
+            out.clear()
+            deadline = trio.current_time() + heartbeat
+    except StopAsyncIteration:
         return
