@@ -51,6 +51,7 @@ class Client:
         self.port = port
         self.pid = pid
         self.tag = tag
+        self.reconnects = 0
 
     def cid(self, name: str) -> str:
         return f"{self.tag}-{name}-{next(_ids)}"
@@ -75,13 +76,23 @@ class Client:
         """Read one stream to its end; returns (token frames, the last message block)."""
         if attached is not None:
             await attached.acquire()
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        for attempt in range(20):
+            # A saturated server may reset a connection before answering (as
+            # EventSource would, the client then reconnects).
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            try:
+                writer.write(
+                    f"GET /v1/chat/runs/{cid}/stream HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                    "Accept: text/event-stream\r\n\r\n".encode()
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                break
+            except (ConnectionResetError, asyncio.IncompleteReadError):
+                writer.close()
+                self.reconnects += 1
+                if attempt == 19:
+                    raise
         try:
-            writer.write(
-                f"GET /v1/chat/runs/{cid}/stream HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                "Accept: text/event-stream\r\n\r\n".encode()
-            )
-            head = await reader.readuntil(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(f"GET {cid}: {head[:200]!r}")
             buf = b""
@@ -149,11 +160,23 @@ class Client:
         cid = self.cid("run")
         await self.post(cid, {"op": "stream", "key": key, "frames": frames, "rate": rate})
         attached, tasks = await self.streams([cid] * k, lat)
-        await attached.wait()
+        await until(attached, tasks)
         t0 = time.perf_counter()
         await self.post(self.cid("go"), {"op": "go", "key": key})
         counts = await asyncio.gather(*tasks)
         return time.perf_counter() - t0, sum(c for c, _ in counts)
+
+
+async def until(event: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait for ``event``; raise at once if one of ``tasks`` fails first."""
+    waiter = asyncio.ensure_future(event.wait())
+    while not waiter.done():
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter and task.exception() is not None:
+                waiter.cancel()
+                raise task.exception()  # type: ignore[misc]
+        tasks = [t for t in tasks if not t.done()]
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -191,7 +214,7 @@ async def workload(port: int, pid: int, name: str, args: list[float]) -> dict[st
             await asyncio.gather(*(client.post(cid, order) for cid in cids[i : i + _OPEN_AT_ONCE]))
         lat = []
         attached, tasks = await client.streams(cids, lat)
-        await attached.wait()
+        await until(attached, tasks)
         await client.post(client.cid("go"), {"op": "go", "key": key})
         await asyncio.gather(*tasks)
         return {
@@ -199,6 +222,7 @@ async def workload(port: int, pid: int, name: str, args: list[float]) -> dict[st
             "p99_ms": _pct(lat, 0.99),
             "samples": len(lat),
             "mean_ms": statistics.fmean(lat) * 1000,
+            "reconnects": client.reconnects,
         }
     if name == "end":
         elapsed, _ = await client.one_run(int(args[0]), 0, 0, None)
@@ -216,9 +240,9 @@ def main() -> None:
     try:
         import uvloop
 
-        result = uvloop.run(workload(port, pid, name, args))
+        result = uvloop.run(asyncio.wait_for(workload(port, pid, name, args), 240))
     except ImportError:
-        result = asyncio.run(workload(port, pid, name, args))
+        result = asyncio.run(asyncio.wait_for(workload(port, pid, name, args), 240))
     print(json.dumps(result))
 
 
