@@ -53,7 +53,7 @@ def plan(quick: bool) -> dict[str, Any]:
         "deliveries": {k: max(deliveries // k, 20) for k in STREAM_COUNTS},
         "latency": (100, 100, 2.0 if quick else 4.0),
         "chats": (1000, 30, 2.0 if quick else 4.0),
-        "end": 2000 if quick else 4000,
+        "end": 4000,
     }
 
 
