@@ -31,10 +31,8 @@ exactly as before). The supported hypercorn versions are pinned in
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import hypercorn
@@ -67,16 +65,16 @@ class WriteDeadlines:
         self.closed_connections = 0
         """Connections closed because a write did not finish in time."""
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[trio.CancelScope]:
-        """A cancel scope bounding one write; enter it inside hypercorn's shield."""
+    def write_scope(self) -> trio.CancelScope:
+        """A cancel scope bounding one write; enter it inside hypercorn's shield,
+        and :meth:`done` it after."""
         scope = trio.CancelScope(deadline=min(trio.current_time() + self.send_timeout, self._cap))
         self._writes.add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._writes.discard(scope)
+        return scope
+
+    def done(self, scope: trio.CancelScope) -> None:
+        """Forget a scope made by :meth:`write_scope` (its write ended)."""
+        self._writes.discard(scope)
 
     @property
     def in_flight(self) -> int:
@@ -111,8 +109,12 @@ class DeadlineTCPServer(TCPServer):
             closed = False
             try:
                 with trio.CancelScope(shield=True):
-                    with deadlines.write() as write:
-                        await self.stream.send_all(event.data)
+                    write = deadlines.write_scope()
+                    try:
+                        with write:
+                            await self.stream.send_all(event.data)
+                    finally:
+                        deadlines.done(write)
                     if write.cancelled_caught:
                         # Part of the data may be on the wire: the connection is
                         # unusable. Closing the socket also wakes the reader.

@@ -46,7 +46,6 @@ class _SSESink:
 
     def __init__(self, send: Send) -> None:
         self._send = send
-        self.finished = False
 
     def event(self, event: ChatRunEvent) -> bytes:
         return sse_event(event)
@@ -68,9 +67,11 @@ class _SSESink:
         return encode_sse(to_json(data), event="lagged", id=format_cursor(run_id, resume_after))
 
     async def send(self, messages: list[bytes], *, final: bool) -> None:
+        # Even the final batch keeps the body open: the body is ended outside
+        # the nursery, since ending it makes hypercorn report a disconnect,
+        # whose watcher would otherwise cancel this task inside hypercorn.
         body = b"".join(messages)
-        await self._send({"type": "http.response.body", "body": body, "more_body": not final})
-        self.finished = final
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 _PING = encode_comment("ping")
@@ -120,15 +121,17 @@ class SSEStream:
             await response(scope, receive, send)
             return
         sink = _SSESink(send)
+        disconnected = False
         with server.track_stream(plan) as drop_scope:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await sink.send([encode_sse(retry_ms=server.settings.sse_retry_ms)], final=False)
             async with trio.open_nursery() as nursery:
 
                 async def watch_disconnect() -> None:
+                    nonlocal disconnected
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    sink.finished = True  # nothing more can be sent
+                    disconnected = True
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch_disconnect)
@@ -136,5 +139,5 @@ class SSEStream:
                     # This task writes the response: pump sends each batch itself.
                     await pump(server, plan, sink)
                 nursery.cancel_scope.cancel()  # done: stop watching for a disconnect
-        if not sink.finished:  # dropped by the server: end the body cleanly
+        if not disconnected:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
