@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_BATCH_BYTES",
     "StreamPlan",
     "StreamRefusal",
     "StreamSink",
@@ -135,7 +136,9 @@ def resolve_stream(
 M = TypeVar("M", bytes, str)
 
 MAX_BATCH = 512
-"""Most messages a stream sends in one write (bounds one write's size)."""
+"""Most messages a stream sends in one write."""
+MAX_BATCH_BYTES = 256 * 1024
+"""A write stops taking more messages past this size (large frames)."""
 
 
 class StreamSink(Protocol[M]):
@@ -206,8 +209,13 @@ async def _deliver(
             # Events already queued come out of the subscription without a
             # checkpoint, so nothing is pushed meanwhile and this count holds.
             ready = subscription.record.latest_seq - subscription.last_seq
+            size = 0
             for _ in range(min(ready, MAX_BATCH - len(out))):
-                out.append(sink.event(await subscription.__anext__()))
+                message = sink.event(await subscription.__anext__())
+                out.append(message)
+                size += len(message)
+                if size >= MAX_BATCH_BYTES:
+                    break
             await sink.send(out, final=False)
             out.clear()
             deadline = trio.current_time() + heartbeat
