@@ -103,6 +103,11 @@ class ServerSettings:
         backlog (int): the listen backlog: connections the kernel queues
             before the server accepts them, so thousands of ``EventSource``
             clients reconnecting at once after a restart are not reset.
+        access_log (bool): log every request at INFO to the
+            ``trio_chatruns.access`` logger (``--no-access-log`` turns it off).
+        expose_errors (bool): send clients the whole text of a model's
+            exception (``--expose-errors``); off by default: clients get the
+            type and a generic message, the log gets the rest.
         api_key (str | None): when set, every ``/v1`` and ``/metrics`` request
             needs ``Authorization: Bearer <api_key>`` (401 otherwise; see
             :mod:`trio_chatruns.server.auth`). Not shown in ``repr``.
@@ -132,6 +137,8 @@ class ServerSettings:
     graceful_timeout: float = attrs.field(default=5.0, validator=_pos_float)
     send_timeout: float = attrs.field(default=30.0, validator=_pos_float)
     backlog: int = attrs.field(default=2048, validator=_pos_int)
+    access_log: bool = attrs.field(default=True, validator=v.instance_of(bool))
+    expose_errors: bool = attrs.field(default=False, validator=v.instance_of(bool))
     api_key: str | None = attrs.field(default=None, validator=_check_api_key, repr=False)
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_hosts)
     allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)

@@ -44,8 +44,11 @@ RETRY_AFTER_SECONDS = 1
 class _SSESink:
     """SSE messages as bytes; :meth:`send` writes a batch as one body chunk."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, retry_ms: int) -> None:
         self._send = send
+        # Sent inside the first message's block: a block holding only
+        # ``retry:`` is an event with empty data to some clients (httpx-sse).
+        self._retry: bytes | None = b"retry: %d\n" % retry_ms
 
     def event(self, event: ChatRunEvent) -> bytes:
         return sse_event(event)
@@ -56,8 +59,10 @@ class _SSESink:
     def ping(self) -> bytes:
         return _PING
 
-    def end(self, record: ChatRunRecord | None) -> bytes:
-        data = None if record is None else record_to_json(record)
+    def end(self, record: ChatRunRecord | None, reason: str) -> bytes:
+        data = (
+            {"reason": reason} if record is None else {**record_to_json(record), "reason": reason}
+        )
         event_id = None if record is None else format_cursor(record.run_id, record.latest_seq)
         return encode_sse(to_json(data), event="end", id=event_id)
 
@@ -71,6 +76,8 @@ class _SSESink:
         # the nursery, since ending it makes hypercorn report a disconnect,
         # whose watcher would otherwise cancel this task inside hypercorn.
         body = b"".join(messages)
+        if self._retry is not None and messages[0] is not _PING:
+            body, self._retry = self._retry + body, None
         await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
 
@@ -93,11 +100,12 @@ class SSEStream:
     ``EventSource`` from reconnecting). Otherwise ``200`` and a
     ``text/event-stream`` body:
 
-    - ``retry: <ms>`` first;
+    - ``retry: <ms>`` in the first message's block;
     - one unnamed (``message``) event per frame, ``id: <run_id>:<seq>``, data
       the event as JSON;
     - ``event: gap`` (data ``{"run_id", "from", "to"}``) when frames were trimmed;
-    - ``event: end`` (data the final record) when the run is over; then EOF;
+    - ``event: end`` (data the final record with a ``reason``, see
+      :meth:`ChatServer.end_reason`) when the run is over; then EOF;
     - ``event: lagged`` (data ``{"run_id", "resume_after"}``) then EOF for a slow
       client, which reconnects by itself;
     - ``: ping`` comments after ``heartbeat_interval`` seconds of silence.
@@ -120,11 +128,10 @@ class SSEStream:
             )
             await response(scope, receive, send)
             return
-        sink = _SSESink(send)
+        sink = _SSESink(send, server.settings.sse_retry_ms)
         disconnected = False
         with server.track_stream(plan) as drop_scope:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            await sink.send([encode_sse(retry_ms=server.settings.sse_retry_ms)], final=False)
             async with trio.open_nursery() as nursery:
 
                 async def watch_disconnect() -> None:

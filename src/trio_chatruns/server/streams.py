@@ -31,7 +31,7 @@ from .config import valid_conversation_id
 from .sse import Cursor, parse_cursor, parse_run_id, parse_seq
 
 if TYPE_CHECKING:
-    from .. import ChatRunSubscription
+    from .. import ChatRunRegistry, ChatRunSubscription
     from .app import ChatServer
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "StreamPlan",
     "StreamRefusal",
     "StreamSink",
+    "check_cursor",
     "cursor_from_request",
     "pump",
     "resolve_stream",
@@ -100,6 +101,34 @@ def cursor_from_request(headers: Any, query: Any) -> tuple[Cursor, bool]:
     return Cursor(run_id=run_id, after=after), bool(after or run_id)
 
 
+def check_cursor(
+    registry: ChatRunRegistry, conversation_id: str, cursor: Cursor, resumed: bool
+) -> ChatRunRecord | StreamRefusal:
+    """The answer to ``cursor`` on ``conversation_id``: the run's record, or a refusal.
+
+    The rules shared by the streams and ``GET .../events`` (``docs/server.md``,
+    "What the server answers to a cursor"): ``404`` no run and no run id;
+    ``204`` a run id that is not the current run (it is over), or a resumed
+    cursor at the end of a terminal run (its record attached); ``400`` a seq
+    past the run's ``latest_seq``. Synchronous, no checkpoint.
+    """
+    record = registry.get(conversation_id)
+    if record is None:
+        if cursor.run_id is not None:
+            return StreamRefusal(204, "run is over and no longer retained")
+        return StreamRefusal(404, f"no run for conversation {conversation_id!r}")
+    if cursor.run_id is not None and cursor.run_id != record.run_id:
+        # Only a terminal run is ever replaced, so the run the client followed is over.
+        return StreamRefusal(204, "run is over; the conversation has a newer run")
+    if cursor.after > record.latest_seq:
+        return StreamRefusal(
+            400, f"cursor {cursor.after} is past the run's latest seq {record.latest_seq}"
+        )
+    if record.status.is_terminal and resumed and cursor.after >= record.latest_seq:
+        return StreamRefusal(204, "run is over and every frame was delivered", record)
+    return record
+
+
 def resolve_stream(
     server: ChatServer, conversation_id: str, cursor: Cursor, resumed: bool
 ) -> StreamPlan | StreamRefusal:
@@ -114,20 +143,9 @@ def resolve_stream(
         return StreamRefusal(400, "invalid conversation id")
     if server.closing:
         return StreamRefusal(503, "server is shutting down")
-    record = server.registry.get(conversation_id)
-    if record is None:
-        if cursor.run_id is not None:
-            return StreamRefusal(204, "run is over and no longer retained")
-        return StreamRefusal(404, f"no run for conversation {conversation_id!r}")
-    if cursor.run_id is not None and cursor.run_id != record.run_id:
-        # Only a terminal run is ever replaced, so the run the client followed is over.
-        return StreamRefusal(204, "run is over; the conversation has a newer run")
-    if cursor.after > record.latest_seq:
-        return StreamRefusal(
-            400, f"cursor {cursor.after} is past the run's latest seq {record.latest_seq}"
-        )
-    if record.status.is_terminal and resumed and cursor.after >= record.latest_seq:
-        return StreamRefusal(204, "run is over and every frame was delivered", record)
+    record = check_cursor(server.registry, conversation_id, cursor, resumed)
+    if isinstance(record, StreamRefusal):
+        return record
     if server.subscriber_count(record.run_id) >= server.settings.max_subscribers_per_run:
         return StreamRefusal(429, "too many streams open for this run")
     return StreamPlan(conversation_id, record.run_id, cursor.after, record, resumed)
@@ -152,7 +170,7 @@ class StreamSink(Protocol[M]):
     def event(self, event: ChatRunEvent) -> M: ...
     def gap(self, first: int, last: int, run_id: str) -> M: ...
     def ping(self) -> M: ...
-    def end(self, record: ChatRunRecord | None) -> M: ...
+    def end(self, record: ChatRunRecord | None, reason: str) -> M: ...
     def lagged(self, resume_after: int, run_id: str) -> M: ...
     async def send(self, messages: list[M], *, final: bool) -> None: ...
 
@@ -164,11 +182,17 @@ async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink[M]) -> Non
     in one :meth:`StreamSink.send`, and waits only when nothing is; the
     heartbeat is the deadline of that one wait (``heartbeat_interval``
     seconds after the last send), not a timer per event. The last send is
-    ``final``: the run's ``end`` (after its last frame) or ``lagged`` (the
-    registry dropped this subscriber), with whatever preceded it. Cancellation
-    (client gone, :meth:`ChatServer.disconnect_streams`) propagates.
+    ``final``: the run's ``end`` (after its last frame, with the reason of
+    :meth:`ChatServer.end_reason`) or ``lagged`` (the registry dropped this
+    subscriber), with whatever preceded it. Cancellation (client gone,
+    :meth:`ChatServer.disconnect_streams`) propagates.
+
+    A cursor whose next frames were trimmed gets exactly one ``sink.gap``,
+    however fast the run trims: the gap is sent once the subscription is
+    entered (after which the frames are the subscriber's), never before it.
     """
     after = plan.after
+    gap_from: int | None = None
     out: list[M] = []
     heartbeat = server.settings.heartbeat_interval
     while True:
@@ -176,20 +200,26 @@ async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink[M]) -> Non
             async with server.registry.subscribe(
                 plan.conversation_id, after=after, run_id=plan.run_id
             ) as subscription:
+                if gap_from is not None:
+                    out.append(sink.gap(gap_from, after, plan.run_id))
                 await _deliver(subscription, sink, out, heartbeat)
                 record: ChatRunRecord | None = subscription.record
         except ReplayGap as gap:
-            first, after = after + 1, gap.available_from - 1
-            out.append(sink.gap(first, after, plan.run_id))
+            # Raised on entering, which does not checkpoint: the retry below
+            # sees the same buffer and cannot raise again.
+            if gap_from is None:
+                gap_from = after + 1
+            after = gap.available_from - 1
             continue
         except SubscriberLagged as lag:
+            server.note_lagged()
             out.append(sink.lagged(lag.resume_after, plan.run_id))
             await sink.send(out, final=True)
             return
         except RunNotFound:
             # Evicted or replaced between accepting the stream and subscribing.
             record = None
-        out.append(sink.end(record))
+        out.append(sink.end(record, server.end_reason(record)))
         await sink.send(out, final=True)
         return
 

@@ -20,10 +20,12 @@ if TYPE_CHECKING:
     from .. import ChatRunEvent, ChatRunRecord
     from .app import ChatServer
 
-__all__ = ["WS_CLOSE_DONE", "WS_CLOSE_RESUME", "websocket_stream"]
+__all__ = ["WS_CLOSE_DONE", "WS_CLOSE_GOING_AWAY", "WS_CLOSE_RESUME", "websocket_stream"]
 
 WS_CLOSE_DONE = 1000
 """WebSocket close code: the run ended and every frame was sent; do not reconnect."""
+WS_CLOSE_GOING_AWAY = 1001
+"""WebSocket close code ("going away", RFC 6455 section 7.4.1): the server is shutting down."""
 WS_CLOSE_RESUME = 1013
 """WebSocket close code ("try again later"): reconnect with ``after=<last seq>``."""
 
@@ -46,10 +48,13 @@ class _WSSink:
     def ping(self) -> str:
         return _PING
 
-    def end(self, record: ChatRunRecord | None) -> str:
+    def end(self, record: ChatRunRecord | None, reason: str) -> str:
         data = None if record is None else record_to_json(record)
-        self._close = (WS_CLOSE_DONE, None)
-        return to_json({"type": "end", "record": data})
+        if reason == "shutdown":
+            self._close = (WS_CLOSE_GOING_AWAY, "server shutting down")
+        else:
+            self._close = (WS_CLOSE_DONE, None)
+        return to_json({"type": "end", "reason": reason, "record": data})
 
     def lagged(self, resume_after: int, run_id: str) -> str:
         self._close = (WS_CLOSE_RESUME, f"lagged; resume after {resume_after}")
@@ -70,10 +75,12 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
 
     Messages: ``{"type": "event", ...event}``, ``{"type": "gap", "run_id",
     "from", "to"}``, ``{"type": "ping"}`` after ``heartbeat_interval`` seconds
-    of silence, then ``{"type": "end", "record"}`` and close ``1000``; or
+    of silence, then ``{"type": "end", "reason", "record"}`` and close ``1000``
+    (``1001``, going away, when the reason is ``"shutdown"``); or
     ``{"type": "lagged", "run_id", "resume_after"}`` and close ``1013`` (resume
     by reconnecting with ``after=resume_after``). A stream the server drops
-    (:meth:`ChatServer.disconnect_streams`) closes ``1013`` too. Refusals are
+    (:meth:`ChatServer.disconnect_streams`) closes ``1013`` too, or ``1001``
+    while the server shuts down. Refusals are
     ``{"type": "error", "status", "error"}`` and close ``4000 + status``
     (``4400``, ``4404``, ``4429``, ``4503``); a run already over and fully
     delivered gets its ``end`` message and ``1000``. The cursor is read as for
@@ -90,7 +97,7 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
     if isinstance(plan, StreamRefusal):
         if plan.status == 204:
             sink = _WSSink(websocket)
-            await sink.send([sink.end(plan.record)], final=True)
+            await sink.send([sink.end(plan.record, server.end_reason(plan.record))], final=True)
         else:
             await websocket.send_text(
                 to_json({"type": "error", "status": plan.status, "error": plan.message})
@@ -115,5 +122,8 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
                 drop_scope.cancelled_caught
                 and websocket.application_state != WebSocketState.DISCONNECTED
             ):
-                await websocket.close(WS_CLOSE_RESUME, "stream dropped by the server; resume")
+                if server.closing:
+                    await websocket.close(WS_CLOSE_GOING_AWAY, "server shutting down")
+                else:
+                    await websocket.close(WS_CLOSE_RESUME, "stream dropped by the server; resume")
             nursery.cancel_scope.cancel()
