@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from . import budget, churn, eviction, fanout, memory, replay
+from . import budget, churn, eviction, fanout, memory, replay, server
 from ._timing import clock_name, machine, use_cpu_clock
 
 WORKLOADS = {
@@ -22,6 +22,7 @@ WORKLOADS = {
     "memory": memory,
     "churn": churn,
     "budget": budget,
+    "server": server,
 }
 
 
@@ -52,6 +53,8 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
     if "churn_runs_per_s" in res:
         x = res["churn_runs_per_s"]
         out.append(("churn >= 20,000 runs/s", f"{x:,.0f}/s", x >= 20_000))
+    if "server" in res:
+        out.extend(server.targets(res["server"]))
     return out
 
 

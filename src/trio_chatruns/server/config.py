@@ -103,6 +103,13 @@ class ServerSettings:
         history_messages (int): the most earlier messages of the
             conversation handed to the model with a prompt (oldest dropped
             first); ``0`` sends each prompt alone.
+        send_timeout (float): seconds one write to a client's socket may take;
+            a client that reads nothing for that long (its receive window
+            full) has its connection closed, which releases its stream, its
+            subscription and its stream slot.
+        backlog (int): the listen backlog: connections the kernel queues
+            before the server accepts them, so thousands of ``EventSource``
+            clients reconnecting at once after a restart are not reset.
         access_log (bool): log every request at INFO to the
             ``trio_chatruns.access`` logger (``--no-access-log`` turns it off).
         expose_errors (bool): send clients the whole text of a model's
@@ -137,6 +144,8 @@ class ServerSettings:
     graceful_timeout: float = attrs.field(default=5.0, validator=_pos_float)
     db: str = attrs.field(default=":memory:", validator=[v.instance_of(str), v.min_len(1)])
     history_messages: int = attrs.field(default=20, validator=[v.instance_of(int), v.ge(0)])
+    send_timeout: float = attrs.field(default=30.0, validator=_pos_float)
+    backlog: int = attrs.field(default=2048, validator=_pos_int)
     access_log: bool = attrs.field(default=True, validator=v.instance_of(bool))
     expose_errors: bool = attrs.field(default=False, validator=v.instance_of(bool))
     api_key: str | None = attrs.field(default=None, validator=_check_api_key, repr=False)
