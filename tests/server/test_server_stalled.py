@@ -106,12 +106,14 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def test_waves_of_stalled_readers_on_evicted_runs_leave_rss_flat(start_server):
+async def test_waves_of_stalled_readers_on_evicted_runs_leave_rss_flat(start_server, tmp_path):
     model = BigFrames()
     running = await start_server(
         model=model,
         registry_config=RegistryConfig(terminal_retention=0.0),
         send_timeout=0.3,
+        # The replies are kept as history: on disk, not in an in-memory database.
+        db=str(tmp_path / "history.db"),
     )
     rss = []
     async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
