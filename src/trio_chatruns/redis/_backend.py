@@ -1,0 +1,672 @@
+"""The Redis backend: :func:`open_redis_chat_runs` and :class:`RedisChatRuns`,
+the operations of :class:`~trio_chatruns.ChatRunRegistry` over runs that any
+worker sharing the Redis can start, read, follow and interrupt.
+
+Where things happen: a frame enters at :meth:`RedisChatRun.push_frame`
+(``_owned.py``), leaves for Redis in the run's writer task (``_writer.py``),
+is read back by one follower per run per worker and fanned out to that
+worker's subscribers (``_follower.py``). Every change in Redis is one Lua
+script (``_scripts.py``); the key layout is in ``_keys.py``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import math
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, final
+
+import coredis
+import trio
+
+from .._config import RegistryConfig
+from .._counters import Counters
+from .._exceptions import ReplayGap, RunAlreadyActive, RunNotFound
+from .._producer import Producer
+from .._records import ChatRunEvent, ChatRunRecord, RegistryStats
+from .._registry import _check_cursor, _is_async_callable, _same_error
+from .._status import ChatRunStatus
+from .._util import UNSET, NoPublicConstructor, Unset, check_conversation_id
+from ._codec import decode_entries, decode_record, entry_seq, text
+from ._errors import TRANSIENT_ERRORS, RedisUnavailable, describe, unavailable_on_connection_errors
+from ._follower import Follower, RedisSubscription
+from ._keys import KeyLayout
+from ._owned import OwnedRun, RedisChatRun
+from ._producer import run_owned_producer
+from ._store import RedisStore
+from ._writer import write_run
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["LEASE", "WRITE_TIMEOUT", "RedisChatRuns", "open_redis_chat_runs"]
+
+logger = logging.getLogger("trio_chatruns.redis")
+
+LEASE = 10.0
+"""Seconds an owner's lease lasts without renewal; renewed every third of it."""
+
+WRITE_TIMEOUT = 5.0
+"""Seconds frames may stay unwritten (Redis unreachable) before the run ends ``failed``."""
+
+_CLOSE_BOUND = 5.0
+
+
+def _positive_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
+    return seconds
+
+
+@final
+class RedisChatRuns(metaclass=NoPublicConstructor):
+    """The runs of every worker sharing one Redis; one instance per worker.
+
+    Created by :func:`open_redis_chat_runs`, never directly. The methods are
+    those of :class:`~trio_chatruns.ChatRunRegistry`, with the same names,
+    arguments and errors; those that need Redis are ``async``:
+
+    - ``await try_start(cid, producer, *args)``: atomic across the cluster
+      (one Lua script); the producer runs on this worker, which owns the run.
+    - ``push_frame`` / ``update`` (synchronous, no network wait): keyed forms
+      of the :class:`RedisChatRun` methods, for runs this worker owns
+      (``RunNotFound`` for a run owned by another worker).
+    - ``await interrupt(cid)``: reaches the owner wherever it runs.
+    - ``subscribe(cid, after=, run_id=)``: an async context manager, from any
+      worker, for any run.
+    - ``await get``, ``await list``, ``await events``, ``await stats``,
+      ``await prune``.
+
+    Times in records are Unix seconds (the Redis server's clock where Redis
+    stamps them), the one clock all workers share; ``MockClock`` does not
+    drive this backend. Any method that needs Redis raises
+    :class:`RedisUnavailable` when it cannot reach it, changing nothing.
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        config: RegistryConfig,
+        worker_id: str,
+        lease: float,
+        write_timeout: float,
+        runs_nursery: trio.Nursery,
+        services: trio.Nursery,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._worker_id = worker_id
+        self._lease = lease
+        self._write_timeout = write_timeout
+        self._runs_nursery = runs_nursery
+        self._services = services
+        self._owned: dict[str, OwnedRun] = {}
+        self._followers: dict[str, Follower] = {}
+        self._counters = Counters()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisChatRuns worker={self._worker_id!r} owned={len(self._owned)} "
+            f"followers={len(self._followers)} closed={self._closed}>"
+        )
+
+    @property
+    def config(self) -> RegistryConfig:
+        """The limits (:class:`~trio_chatruns.RegistryConfig`); every worker
+        sharing a Redis should use the same."""
+        return self._config
+
+    @property
+    def worker_id(self) -> str:
+        """This worker's id (``str``), recorded as the owner of the runs it starts."""
+        return self._worker_id
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once the ``async with`` block was left."""
+        return self._closed
+
+    # -- starting and writing ----------------------------------------------------
+
+    async def try_start(self, conversation_id: str, producer: Producer, *args: Any) -> RedisChatRun:
+        """Start a run owned by this worker: ``producer(run, *args)`` runs here.
+
+        Atomic across every worker (the ``START`` script): a conversation has
+        at most one active run in the cluster. An active run whose owner's
+        lease lapsed is ended ``failed`` first, so a dead worker never blocks
+        its conversations. A terminal run of the conversation is replaced.
+
+        Returns:
+            RedisChatRun: the handle the producer also gets; status ``running``.
+
+        Raises:
+            TypeError / ValueError: a bad ``conversation_id``; ``TypeError`` if
+                ``producer`` is not an async function.
+            RunAlreadyActive: the conversation has an active run (on any worker).
+            RuntimeError: this backend is closed.
+            RedisUnavailable: Redis cannot be reached; nothing changed.
+        """
+        check_conversation_id(conversation_id)
+        if not _is_async_callable(producer):
+            raise TypeError(f"producer must be an async function, not {producer!r}")
+        if self._closed:
+            raise RuntimeError(f"backend is closed; cannot start a run for {conversation_id!r}")
+        run_id = os.urandom(16).hex()
+        with unavailable_on_connection_errors("try_start"):
+            (started, active_id, started_ms), replaced = await self._store.start(
+                conversation_id, run_id, self._worker_id
+            )
+        if not started:
+            raise RunAlreadyActive(conversation_id, active_id)
+        if replaced:
+            self._services.start_soon(self._unindex, conversation_id, replaced)
+        state = OwnedRun(conversation_id, run_id, started_ms / 1000.0, _no_change)
+        run = RedisChatRun._create(state)
+        self._owned[conversation_id] = state
+        self._runs_nursery.start_soon(
+            write_run,
+            state,
+            self._store,
+            self._write_timeout,
+            self._lease,
+            self._counters,
+            self._on_written_end,
+            name=f"trio_chatruns.redis writer {conversation_id!r}",
+        )
+        if self._closed:  # closed while the script ran: never start the producer
+            state.interrupt()
+        else:
+            self._runs_nursery.start_soon(
+                run_owned_producer,
+                run,
+                state,
+                producer,
+                args,
+                name=f"trio_chatruns.redis producer {conversation_id!r}",
+            )
+        return run
+
+    async def _unindex(self, conversation_id: str, run_id: str) -> None:
+        try:
+            await self._store.unindex(conversation_id, run_id)
+        except TRANSIENT_ERRORS as exc:  # its entry expires or is popped later
+            logger.warning("could not drop replaced run %s from the index: %s", run_id, describe(exc))
+
+    async def _on_written_end(self, state: OwnedRun, written: bool) -> None:
+        if self._owned.get(state.conversation_id) is state:
+            del self._owned[state.conversation_id]
+        if not written:
+            return
+        try:
+            expired, evicted = await self._store.index(state.conversation_id, state.run_id)
+        except TRANSIENT_ERRORS as exc:
+            logger.warning("could not index ended run %s: %s", state.run_id, describe(exc))
+            return
+        self._counters.evicted_ttl += expired
+        self._counters.evicted_lru += evicted
+
+    def _owned_run(self, conversation_id: str) -> OwnedRun:
+        state = self._owned.get(check_conversation_id(conversation_id))
+        if state is None:
+            raise RunNotFound(conversation_id)
+        return state
+
+    def push_frame(
+        self,
+        conversation_id: str,
+        frame: Any,
+        *,
+        status: ChatRunStatus | str | None = None,
+        current_tool: str | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> int:
+        """:meth:`RedisChatRun.push_frame` on the conversation's run owned here.
+
+        Raises:
+            RunNotFound: this worker owns no run of ``conversation_id``.
+            RunTerminated, TypeError, ValueError: as :meth:`RedisChatRun.push_frame`.
+        """
+        return self._owned_run(conversation_id).push_frame(frame, status, current_tool, error)
+
+    def update(
+        self,
+        conversation_id: str,
+        status: ChatRunStatus | str,
+        *,
+        current_tool: str | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> None:
+        """:meth:`RedisChatRun.update` on the conversation's run owned here.
+
+        Raises:
+            RunNotFound: this worker owns no run of ``conversation_id``.
+            RunTerminated, TypeError, ValueError: as :meth:`RedisChatRun.update`.
+        """
+        self._owned_run(conversation_id).update(status, current_tool, error)
+
+    async def interrupt(self, conversation_id: str) -> bool:
+        """Interrupt the conversation's active run, wherever its owner runs.
+
+        The run is flagged in Redis and its owner told over pub/sub; the owner
+        cancels the producer, and the run ends ``cancelled`` with the
+        ``{"type": "interrupted"}`` frame. If the message is lost (the owner
+        was reconnecting), the owner finds the flag at its next lease renewal.
+
+        Returns:
+            bool: ``False`` when the conversation has no active run.
+
+        Raises:
+            RedisUnavailable: Redis cannot be reached (unless the run is owned
+                here, which needs no round trip).
+        """
+        check_conversation_id(conversation_id)
+        state = self._owned.get(conversation_id)
+        if state is not None and state.terminated_at is None:
+            return state.interrupt()
+        with unavailable_on_connection_errors("interrupt"):
+            found = await self._store.interrupt(conversation_id, None)
+            if found is None:
+                return False
+            run_id, owner = found
+            if owner == self._worker_id:
+                state = self._owned.get(conversation_id)
+                return state is not None and state.run_id == run_id and state.interrupt()
+            await self._store.notify_interrupt(owner, conversation_id, run_id)
+        return True
+
+    async def prune(self) -> int:
+        """Drop expired entries from the retention index and evict the ended
+        runs over ``max_retained_terminal``; return how many (count).
+
+        Redis expires ended runs by itself; this only keeps the cap exact
+        when no run has ended for a while.
+        """
+        with unavailable_on_connection_errors("prune"):
+            expired, evicted = await self._store.index(None, None)
+        self._counters.evicted_ttl += expired
+        self._counters.evicted_lru += evicted
+        return expired + evicted
+
+    # -- reads ---------------------------------------------------------------------
+
+    async def _read(self, conversation_id: str, operation: str) -> tuple[ChatRunRecord | None, str]:
+        with unavailable_on_connection_errors(operation):
+            flat, first_id = await self._store.read(conversation_id)
+        if not flat:
+            return None, ""
+        return decode_record(conversation_id, flat), first_id
+
+    async def get(self, conversation_id: str) -> ChatRunRecord | None:
+        """A snapshot of the conversation's current run as Redis holds it, or
+        ``None``. Reaps a run whose owner's lease lapsed (it reads ``failed``)."""
+        check_conversation_id(conversation_id)
+        record, _ = await self._read(conversation_id, "get")
+        return record
+
+    async def list(self, *, active_only: bool = False) -> builtins.list[ChatRunRecord]:
+        """Every run held in Redis under this prefix (only active ones if
+        ``active_only``), newest ``updated_at`` first. Uses ``SCAN``: O(keys
+        in the database); meant for admin pages, not for every request."""
+        if not isinstance(active_only, bool):
+            raise TypeError(f"active_only must be a bool, not {active_only!r}")
+        prefix = self._store.keys.prefix + ":{"
+        records: builtins.list[ChatRunRecord] = []
+        with unavailable_on_connection_errors("list"):
+            for key in await self._store.run_keys():
+                if not (key.startswith(prefix) and key.endswith("}:run")):
+                    continue
+                conversation_id = key[len(prefix) : -len("}:run")]
+                flat, _ = await self._store.read(conversation_id)
+                if flat:
+                    record = decode_record(conversation_id, flat)
+                    if not active_only or record.status.is_active:
+                        records.append(record)
+        records.sort(key=lambda record: record.updated_at, reverse=True)
+        return records
+
+    async def events(self, conversation_id: str, *, after: int = 0) -> builtins.list[ChatRunEvent]:
+        """The events of the conversation's current run with ``seq > after``
+        still in its stream, oldest first; ``[]`` for an unknown conversation."""
+        _check_cursor(after)
+        check_conversation_id(conversation_id)
+        record, _ = await self._read(conversation_id, "events")
+        if record is None or after >= record.latest_seq:
+            return []
+        with unavailable_on_connection_errors("events"):
+            entries = await self._store.frames(
+                conversation_id,
+                record.run_id,
+                after + 1,
+                record.latest_seq,
+                self._config.max_events_per_run,
+            )
+        events, _ = decode_entries(conversation_id, record.run_id, entries)
+        return events
+
+    async def stats(self) -> RegistryStats:
+        """Counters of this worker, and ``retained_terminal`` of the cluster.
+
+        ``active``: runs owned here and not ended; ``subscribers``,
+        ``lagged_subscribers``: this worker's; ``frames_pushed``: frames this
+        worker wrote to Redis; ``evicted_ttl``/``evicted_lru``: index entries
+        this worker found expired / evicted over the cap.
+        """
+        with unavailable_on_connection_errors("stats"):
+            retained = await self._store.retained()
+        counters = self._counters
+        return RegistryStats(
+            active=sum(1 for state in self._owned.values() if state.terminated_at is None),
+            retained_terminal=retained,
+            subscribers=counters.subscribers,
+            evicted_ttl=counters.evicted_ttl,
+            evicted_lru=counters.evicted_lru,
+            lagged_subscribers=counters.lagged_subscribers,
+            frames_pushed=counters.frames_pushed,
+        )
+
+    # -- following -----------------------------------------------------------------
+
+    def subscribe(
+        self, conversation_id: str, *, after: int = 0, run_id: str | None = None
+    ) -> AbstractAsyncContextManager[RedisSubscription]:
+        """Follow the conversation's current run from cursor ``after``, from
+        any worker: the rules of :meth:`trio_chatruns.ChatRunRegistry.subscribe`.
+
+        Raises (on entering):
+            RunNotFound: no run, or ``run_id`` is not the current run.
+            ReplayGap: frames after ``after`` were already trimmed.
+            ValueError: ``after`` is past the run's ``latest_seq`` (as written
+                to Redis), or negative.
+            TypeError: ``after`` is not an int, ``run_id`` not a str.
+            RedisUnavailable: Redis cannot be reached.
+        """
+        return self._subscription(conversation_id, after, run_id)
+
+    @asynccontextmanager
+    async def _subscription(
+        self, conversation_id: str, after: int, run_id: str | None
+    ) -> AsyncIterator[RedisSubscription]:
+        _check_cursor(after)
+        check_conversation_id(conversation_id)
+        if run_id is not None and not isinstance(run_id, str):
+            raise TypeError(f"run_id must be a str or None, not {run_id!r}")
+        record, first_id = await self._read(conversation_id, "subscribe")
+        if record is None:
+            raise RunNotFound(conversation_id)
+        if run_id is not None and run_id != record.run_id:
+            raise RunNotFound(conversation_id, run_id)
+        if after > record.latest_seq:
+            raise ValueError(
+                f"after={after} is past latest_seq={record.latest_seq} of run "
+                f"{record.run_id!r} (conversation {conversation_id!r}); "
+                "is the cursor from another run?"
+            )
+        available_from = record.latest_seq + 1
+        if first_id:
+            seq, is_end = entry_seq(first_id)
+            available_from = seq + 1 if is_end else seq
+        if after + 1 < available_from:
+            raise ReplayGap(conversation_id, record.run_id, after, available_from)
+        with unavailable_on_connection_errors("subscribe"):
+            if record.status.is_terminal:
+                subscription = await self._replay_only(record, after)
+            else:
+                subscription = await self._follow(record, after)
+        try:
+            yield subscription
+        finally:
+            subscription.close()
+
+    async def _replay_only(self, record: ChatRunRecord, after: int) -> RedisSubscription:
+        events = await self._replay_range(record.conversation_id, record.run_id, after, None)
+        return RedisSubscription._create(
+            record.conversation_id, record.run_id, after, events, None, None, None
+        )
+
+    async def _replay_range(
+        self, conversation_id: str, run_id: str, after: int, last: int | None
+    ) -> builtins.list[ChatRunEvent]:
+        """Frames ``after+1 .. last`` (or to the end) from Redis, checked to
+        start right after the cursor (``ReplayGap`` if trimmed meanwhile)."""
+        entries = await self._store.frames(
+            conversation_id, run_id, after + 1, last, self._config.max_events_per_run + 1
+        )
+        events, _ = decode_entries(conversation_id, run_id, entries)
+        if events and events[0].seq != after + 1:
+            raise ReplayGap(conversation_id, run_id, after, events[0].seq)
+        if last is not None and (not events or events[-1].seq != last) and last > after:
+            raise ReplayGap(conversation_id, run_id, after, last + 1)
+        return events
+
+    async def _follow(self, record: ChatRunRecord, after: int) -> RedisSubscription:
+        follower = await self._follower_for(record.conversation_id, record.run_id, after)
+        oldest = follower.oldest_seq
+        if after >= oldest - 1:
+            replay, subscriber, receive = follower.join(after)
+        else:
+            # The follower started later than this cursor: join at its oldest
+            # frame, and fetch the frames before it from Redis.
+            tail, subscriber, receive = follower.join(oldest - 1)
+            try:
+                head = await self._replay_range(
+                    record.conversation_id, record.run_id, after, oldest - 1
+                )
+            except BaseException:
+                if subscriber is not None:
+                    follower.leave(subscriber)
+                raise
+            replay = head + tail
+        return RedisSubscription._create(
+            record.conversation_id, record.run_id, after, replay, follower, subscriber, receive
+        )
+
+    async def _follower_for(self, conversation_id: str, run_id: str, after: int) -> Follower:
+        follower = self._followers.get(run_id)
+        if follower is not None:
+            await follower.ready.wait()
+            if follower.failed is not None:
+                raise follower.failed
+            return follower
+        block_ms = max(10, min(1000, int(self._lease * 500)))
+        follower = Follower(
+            self._store,
+            conversation_id,
+            run_id,
+            self._config,
+            self._counters,
+            block_ms,
+            self._forget_follower,
+        )
+        self._followers[run_id] = follower
+        try:
+            await follower.prime(after)
+        except BaseException as exc:
+            follower.failed = exc
+            self._forget_follower(follower)
+            raise
+        finally:
+            follower.ready.set()
+        self._services.start_soon(
+            follower.run, name=f"trio_chatruns.redis follower {conversation_id!r}"
+        )
+        return follower
+
+    def _forget_follower(self, follower: Follower) -> None:
+        if self._followers.get(follower.run_id) is follower:
+            del self._followers[follower.run_id]
+
+    # -- owner duties ----------------------------------------------------------------
+
+    async def _renew_leases(self) -> None:
+        """Every third of the lease: renew the leases of the runs owned here
+        (one pipelined round trip), and act on what Redis says: a lost run
+        ends here too, a flagged interrupt reaches its producer."""
+        while True:
+            await trio.sleep(self._lease / 3)
+            owned = [state for state in self._owned.values() if state.terminated_at is None]
+            if not owned:
+                continue
+            try:
+                results = await self._store.renew(
+                    [(state.conversation_id, state.run_id) for state in owned]
+                )
+            except TRANSIENT_ERRORS as exc:
+                logger.warning("could not renew %d lease(s): %s", len(owned), describe(exc))
+                continue
+            for state, (held, interrupted) in zip(owned, results, strict=True):
+                if not held:
+                    state.pending.clear()
+                    state.mark_terminal(
+                        ChatRunStatus.FAILED,
+                        error="this worker lost the run's lease; another worker ended it",
+                        stop_producer=True,
+                    )
+                elif interrupted:
+                    state.interrupt()
+
+    async def _listen_interrupts(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Receive interrupts for the runs owned here (pub/sub, reconnecting)."""
+        channel = self._store.keys.interrupt_channel(self._worker_id)
+        started = False
+        backoff = 0.05
+        while True:
+            try:
+                async with self._store.client.pubsub(
+                    channels=[channel], ignore_subscribe_messages=True
+                ) as pubsub:
+                    backoff = 0.05
+                    if not started:
+                        started = True
+                        task_status.started()
+                    async for message in pubsub:
+                        if message["type"] != "message":
+                            continue
+                        conversation_id, run_id = KeyLayout.split_member(text(message["data"]))
+                        state = self._owned.get(conversation_id)
+                        if state is not None and state.run_id == run_id:
+                            state.interrupt()
+            except TRANSIENT_ERRORS as exc:
+                if not started:
+                    raise
+                logger.warning("interrupt channel lost (%s); reconnecting", describe(exc))
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def _close(self) -> None:
+        """Refuse new runs, interrupt the runs owned here, end the followers;
+        the writers get a bounded time to write the ends."""
+        self._closed = True
+        for state in builtins.list(self._owned.values()):
+            state.interrupt()
+        for follower in builtins.list(self._followers.values()):
+            follower.cancel_scope.cancel()
+        self._runs_nursery.cancel_scope.deadline = (
+            trio.current_time() + self._write_timeout + _CLOSE_BOUND
+        )
+
+
+def _no_change(state: OwnedRun) -> None:
+    pass
+
+
+@asynccontextmanager
+async def open_redis_chat_runs(
+    client: coredis.Redis[Any],
+    config: RegistryConfig | None = None,
+    *,
+    lease: float = LEASE,
+    write_timeout: float = WRITE_TIMEOUT,
+    worker_id: str | None = None,
+    key_prefix: str = "trio_chatruns",
+) -> AsyncIterator[RedisChatRuns]:
+    """Open this worker's :class:`RedisChatRuns` over a coredis client.
+
+    Usage::
+
+        async with coredis.Redis.from_url("redis://127.0.0.1:6379/0") as client:
+            async with open_redis_chat_runs(client) as runs:
+                run = await runs.try_start("conv-1", producer)
+
+    Every worker sharing the Redis (and ``key_prefix``) sees the same runs;
+    give them the same ``config``. Leaving the block refuses new runs,
+    interrupts the runs this worker owns (they end ``cancelled``), gives
+    their writers up to ``write_timeout`` + 5 s to write the ends, closes
+    this worker's subscribers, and returns when every task has exited. An
+    exception raised in the body propagates as itself.
+
+    Args:
+        client: an entered ``coredis.Redis`` (``async with`` it first).
+        config (RegistryConfig | None): limits; ``None`` for the defaults.
+        lease (float, seconds > 0): how long a run's owner holds it without
+            renewing; renewed every ``lease / 3``. A run whose owner stops
+            renewing (killed, partitioned) is ended ``failed`` by the first
+            worker that looks at it after the lease lapsed. Default 10.
+        write_timeout (float, seconds > 0): how long frames may stay
+            unwritten before their run ends ``failed``. Default 5.
+        worker_id (str | None): this worker's name in Redis; default
+            ``host:pid:random``. Must be unique among live workers.
+        key_prefix (str): the prefix of every key (default ``trio_chatruns``).
+
+    Raises:
+        TypeError / ValueError: a bad argument.
+        RedisUnavailable: Redis cannot be reached when opening.
+    """
+    if config is None:
+        config = RegistryConfig()
+    elif not isinstance(config, RegistryConfig):
+        raise TypeError(f"config must be a RegistryConfig or None, not {config!r}")
+    lease = _positive_seconds("lease", lease)
+    write_timeout = _positive_seconds("write_timeout", write_timeout)
+    if worker_id is None:
+        worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+    elif not isinstance(worker_id, str) or not worker_id:
+        raise TypeError(f"worker_id must be a non-empty str or None, not {worker_id!r}")
+    if not isinstance(key_prefix, str) or not key_prefix:
+        raise TypeError(f"key_prefix must be a non-empty str, not {key_prefix!r}")
+    store = RedisStore(client, KeyLayout(key_prefix), config, lease)
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as services:
+            async with trio.open_nursery() as runs_nursery:
+                backend = RedisChatRuns._create(
+                    store, config, worker_id, lease, write_timeout, runs_nursery, services
+                )
+                with unavailable_on_connection_errors("opening the backend"):
+                    await services.start(backend._listen_interrupts)
+                services.start_soon(backend._renew_leases)
+                try:
+                    yield backend
+                except BaseException as exc:
+                    body_error = exc
+                    raise
+                finally:
+                    backend._close()
+            services.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Two nurseries: a body error may come wrapped twice.
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if error is group:
+            raise
+        if body_error is not None and _same_error(error, body_error):
+            error = body_error
+        context = error.__context__
+        try:
+            raise error
+        finally:
+            error.__context__ = context
+            del error, group, body_error
