@@ -522,14 +522,10 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
             except TRANSIENT_ERRORS as exc:
                 logger.warning("could not renew %d lease(s): %s", len(owned), describe(exc))
                 continue
-            for state, (held, interrupted) in zip(owned, results, strict=True):
-                if not held:
+            for state, (lost, interrupted) in zip(owned, results, strict=True):
+                if lost:
                     state.pending.clear()
-                    state.mark_terminal(
-                        ChatRunStatus.FAILED,
-                        error="this worker lost the run's lease; another worker ended it",
-                        stop_producer=True,
-                    )
+                    state.mark_terminal(ChatRunStatus.FAILED, error=lost, stop_producer=True)
                 elif interrupted:
                     state.interrupt()
 

@@ -23,7 +23,7 @@ import trio
 
 from .._config import RegistryConfig
 from .._counters import Counters
-from .._exceptions import SubscriberLagged
+from .._exceptions import RunNotFound, SubscriberLagged
 from .._fanout import Fanout, Subscriber
 from .._records import ChatRunEvent
 from .._util import NoPublicConstructor
@@ -68,6 +68,8 @@ class Follower:
         self.last_id = "0-0"
         self.last_seq = 0
         self.ended = False
+        # The run vanished from Redis before its end marker was read.
+        self.lost = False
         self.ready = trio.Event()
         self.failed: BaseException | None = None
         self.cancel_scope = trio.CancelScope()
@@ -177,6 +179,7 @@ class Follower:
                 self.run_id,
                 self.conversation_id,
             )
+            self.lost = True
             self.ended = True
 
 
@@ -249,6 +252,8 @@ class RedisSubscription(metaclass=NoPublicConstructor):
         Raises:
             StopAsyncIteration: the run ended and every frame was yielded.
             SubscriberLagged: this subscriber was dropped for reading too slowly.
+            RunNotFound: the run vanished from Redis before its end (Redis
+                restarted without persistence, or was flushed).
             trio.ClosedResourceError: the ``async with`` block was already left.
         """
         if self._closed:
@@ -279,6 +284,8 @@ class RedisSubscription(metaclass=NoPublicConstructor):
         subscriber = self._subscriber
         if subscriber is not None and subscriber.lagged:
             raise SubscriberLagged(self.conversation_id, self.run_id, self.last_seq)
+        if self._follower is not None and self._follower.lost:
+            raise RunNotFound(self.conversation_id, self.run_id)
         raise StopAsyncIteration
 
     def close(self) -> None:

@@ -26,6 +26,16 @@ StartResult = tuple[bool, str, int]
 not started (``started_at_ms`` is then 0)."""
 
 
+def lost_reason(status: str) -> str:
+    """Why a run this worker owned is no longer its, from the status Redis holds."""
+    if not status:
+        return (
+            "the run is no longer in Redis (Redis restarted without persistence, "
+            "was flushed, or the run was evicted); it was ended here"
+        )
+    return f"this worker lost the run's lease; another worker ended it ({status})"
+
+
 def _retention_ms(seconds: float) -> int:
     return -1 if math.isinf(seconds) else int(seconds * 1000)
 
@@ -76,9 +86,10 @@ class RedisStore:
         status: str,
         current_tool: str | None,
         last_error: str | None,
-    ) -> tuple[bool, int]:
-        """Run :data:`~._scripts.WRITE`: ``(written, now_ms)``; ``written`` is
-        ``False`` when the run was lost (ended by another worker, or replaced)."""
+    ) -> tuple[bool, str]:
+        """Run :data:`~._scripts.WRITE`: ``(written, why)``; ``written`` is
+        ``False`` when the run was lost, and ``why`` then says how (ended by
+        another worker, replaced, or gone from Redis)."""
         args: list[str | int | float] = [
             *self._reap_args(conversation_id),
             run_id,
@@ -97,12 +108,12 @@ class RedisStore:
         )
         values = [text(v) for v in reply]
         if values[0] == "ok":
-            return True, int(values[1])
-        return False, 0
+            return True, ""
+        return False, lost_reason(values[1])
 
-    async def renew(self, leases: Sequence[tuple[str, str]]) -> list[tuple[bool, bool]]:
+    async def renew(self, leases: Sequence[tuple[str, str]]) -> list[tuple[str, bool]]:
         """Renew the leases of ``(conversation_id, run_id)`` pairs in one
-        pipelined round trip: ``(still owned, interrupt requested)`` each."""
+        pipelined round trip: ``(why it was lost or '', interrupt requested)``."""
         async with self.client.pipeline(transaction=False) as pipe:
             requests = [
                 self._renew(
@@ -115,7 +126,10 @@ class RedisStore:
         results = []
         for request in requests:
             values = [text(v) for v in await request]
-            results.append((values[0] == "ok", values[0] == "ok" and values[1] == "1"))
+            if values[0] == "ok":
+                results.append(("", values[1] == "1"))
+            else:
+                results.append((lost_reason(values[1]), False))
         return results
 
     async def read(self, conversation_id: str) -> tuple[list[Any], str]:

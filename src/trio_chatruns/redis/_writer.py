@@ -66,7 +66,7 @@ async def write_run(
             ending = complete and state.terminated_at is not None
             status = state.status if ending else state.active_status
             try:
-                ok, _ = await store.write(
+                ok, why = await store.write(
                     state.conversation_id,
                     state.run_id,
                     batch,
@@ -107,10 +107,12 @@ async def write_run(
             if not ok:
                 # Another worker ended it (our lease lapsed) or it was replaced.
                 state.pending.clear()
-                state.mark_terminal(
-                    ChatRunStatus.FAILED,
-                    error="this worker lost the run's lease; another worker ended it",
-                    stop_producer=True,
+                state.mark_terminal(ChatRunStatus.FAILED, error=why, stop_producer=True)
+                logger.error(
+                    "run %s (conversation %r) ended failed: %s",
+                    state.run_id,
+                    state.conversation_id,
+                    why,
                 )
                 return
             if state.pending:
