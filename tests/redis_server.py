@@ -41,17 +41,21 @@ class RedisServer:
 
     def start(self, timeout: float = 20.0) -> None:
         assert REDIS_SERVER is not None and self.process is None
+        # No persistence (no RDB snapshots, no AOF), log to stdout.
+        options = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "save": "",
+            "appendonly": "no",
+            "dir": str(self.directory),
+            "loglevel": "notice",
+            "logfile": "",
+        }
+        argv = [REDIS_SERVER]
+        for name, value in options.items():
+            argv += [f"--{name}", value]
         self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-                "--loglevel", "notice",
-                "--logfile", "",
-            ],  # fmt: skip
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -134,7 +134,7 @@ async def test_failing_producer_and_bad_frames(redis_client, key_prefix) -> None
 async def test_closing_cancels_owned_runs(redis_client, key_prefix) -> None:
     async with open_redis_chat_runs(redis_client, key_prefix=key_prefix) as runs:
         await runs.try_start("c", park)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
     async with open_redis_chat_runs(redis_client, key_prefix=key_prefix) as runs:
         record = await runs.get("c")
         assert record is not None and record.status is ChatRunStatus.CANCELLED

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+from functools import partial
 
 import coredis
 import pytest
@@ -102,7 +104,7 @@ async def test_one_reader_per_run_per_worker(redis_server, key_prefix) -> None:
             assert (await b.stats()).subscribers == 10
             for _ in range(3):
                 step()
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
         assert results == [[1, 2, 3]] * 10
         await run.wait()
         assert b._followers == {}
@@ -147,8 +149,8 @@ async def main(url, prefix):
         async with open_redis_chat_runs(client, key_prefix=prefix, lease=1.0,
                                         worker_id="doomed") as runs:
             run = await runs.try_start("conv", producer)
-            while (await runs.get("conv")).latest_seq < 1:
-                await trio.sleep(0.01)
+            async with runs.subscribe("conv") as sub:
+                await sub.__anext__()  # the frame is in Redis
             print(run.run_id, flush=True)
             await trio.sleep_forever()
 
@@ -163,11 +165,11 @@ async def test_owner_killed_run_fails_within_lease(redis_server, key_prefix) -> 
         trio.open_nursery() as nursery,
     ):
         process = await nursery.start(
-            lambda task_status: trio.run_process(
+            partial(
+                trio.run_process,
                 [sys.executable, "-c", OWNER_SCRIPT, redis_server.url, key_prefix],
-                stdout=-1,  # subprocess.PIPE
+                stdout=subprocess.PIPE,
                 check=False,
-                task_status=task_status,
             )
         )
         line = b""
@@ -204,8 +206,6 @@ async def test_redis_restarted_mid_run(own_redis, key_prefix) -> None:
         producer, step = stepper()
         run = await a.try_start("conv", producer, 1000)
         step()
-        while (await b.get("conv")).latest_seq < 1:
-            await trio.sleep(0.01)
         async with b.subscribe("conv") as sub:
             assert (await sub.__anext__()).seq == 1
             own_redis.stop()
@@ -214,7 +214,7 @@ async def test_redis_restarted_mid_run(own_redis, key_prefix) -> None:
             with pytest.raises(RedisUnavailable):
                 await b.try_start("other", park)
             step()  # a frame while Redis is down: pushing never waits
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             own_redis.start()  # empty: no persistence
             # The run's data is gone; the owner says so and ends it failed.
             final = await run.wait()

@@ -33,7 +33,7 @@ from .._registry import _check_cursor, _is_async_callable, _same_error
 from .._status import ChatRunStatus
 from .._util import UNSET, NoPublicConstructor, Unset, check_conversation_id
 from ._codec import decode_entries, decode_record, entry_seq, text
-from ._errors import TRANSIENT_ERRORS, RedisUnavailable, describe, unavailable_on_connection_errors
+from ._errors import TRANSIENT_ERRORS, describe, unavailable_on_connection_errors
 from ._follower import Follower, RedisSubscription
 from ._keys import KeyLayout
 from ._owned import OwnedRun, RedisChatRun
@@ -199,7 +199,9 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         try:
             await self._store.unindex(conversation_id, run_id)
         except TRANSIENT_ERRORS as exc:  # its entry expires or is popped later
-            logger.warning("could not drop replaced run %s from the index: %s", run_id, describe(exc))
+            logger.warning(
+                "could not drop replaced run %s from the index: %s", run_id, describe(exc)
+            )
 
     async def _on_written_end(self, state: OwnedRun, written: bool) -> None:
         if self._owned.get(state.conversation_id) is state:

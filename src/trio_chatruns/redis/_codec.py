@@ -71,9 +71,7 @@ def decode_entries(
         timestamp = fields.get(b"t", fields.get("t"))
         payload = fields.get(b"f", fields.get("f"))
         events.append(
-            ChatRunEvent(
-                conversation_id, run_id, seq, float(text(timestamp)), json.loads(payload)
-            )
+            ChatRunEvent(conversation_id, run_id, seq, float(text(timestamp)), json.loads(payload))
         )
     return events, ended
 

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
-
 from .._producer import Producer, _describe, _split_cancelled, logger
 from .._status import ChatRunStatus
 from .._util import UNSET
 from ._owned import OwnedRun, RedisChatRun
-
 
 __all__ = ["run_owned_producer"]
 

@@ -69,7 +69,7 @@ class RedisStore:
 
     async def start(self, conversation_id: str, run_id: str, owner: str) -> tuple[StartResult, str]:
         """Run :data:`~._scripts.START`; also returns the replaced run id ('' if none)."""
-        reply = await self._start(
+        reply: Any = await self._start(
             [self.keys.run(conversation_id)],
             [*self._reap_args(conversation_id), run_id, owner, self.lease_ms],
         )
@@ -103,7 +103,7 @@ class RedisStore:
         ]
         for seq, timestamp, payload in frames:
             args.extend((seq, repr(timestamp), payload))
-        reply = await self._write(
+        reply: Any = await self._write(
             [self.keys.run(conversation_id), self.keys.frames(conversation_id, run_id)], args
         )
         values = [text(v) for v in reply]
@@ -115,7 +115,7 @@ class RedisStore:
         """Renew the leases of ``(conversation_id, run_id)`` pairs in one
         pipelined round trip: ``(why it was lost or '', interrupt requested)``."""
         async with self.client.pipeline(transaction=False) as pipe:
-            requests = [
+            requests: list[Any] = [
                 self._renew(
                     [self.keys.run(cid)],
                     [*self._reap_args(cid), run_id, self.lease_ms],
@@ -135,13 +135,15 @@ class RedisStore:
     async def read(self, conversation_id: str) -> tuple[list[Any], str]:
         """Run :data:`~._scripts.READ`: ``(flat run hash, oldest stream entry id)``;
         the hash list is empty when there is no run."""
-        reply = await self._read([self.keys.run(conversation_id)], self._reap_args(conversation_id))
+        reply: Any = await self._read(
+            [self.keys.run(conversation_id)], self._reap_args(conversation_id)
+        )
         values = list(reply)
         return values[1:], text(values[0])
 
     async def interrupt(self, conversation_id: str, run_id: str | None) -> tuple[str, str] | None:
         """Run :data:`~._scripts.INTERRUPT`: ``(run_id, owner)`` or ``None``."""
-        reply = await self._interrupt(
+        reply: Any = await self._interrupt(
             [self.keys.run(conversation_id)], [*self._reap_args(conversation_id), run_id or ""]
         )
         values = [text(v) for v in reply]
@@ -157,7 +159,7 @@ class RedisStore:
         """Index an ended run (or none), expire and cap the retention index,
         and evict the runs popped over the cap: ``(expired, evicted)``."""
         member = "" if conversation_id is None or run_id is None else (run_id + conversation_id)
-        reply = await self._index(
+        reply: Any = await self._index(
             [self.keys.terminal],
             [member, self.retention_ms, self.config.max_retained_terminal],
         )
@@ -195,7 +197,7 @@ class RedisStore:
         """Blocking ``XREAD`` of a run's stream after entry ``after_id``;
         ``()`` when ``block_ms`` passed with nothing new."""
         key = self.keys.frames(conversation_id, run_id)
-        reply = await self.client.xread({key: after_id}, count=count, block=block_ms)
+        reply: Any = await self.client.xread({key: after_id}, count=count, block=block_ms)
         if not reply:
             return ()
         for entries in reply.values():
