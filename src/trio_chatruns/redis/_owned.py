@@ -54,8 +54,9 @@ class OwnedRun:
         self.last_error: str | None = None
         # (seq, timestamp, JSON payload) not yet written to Redis, in seq order.
         self.pending: list[tuple[int, float, str]] = []
-        # Fields changed since the last write (a frame, a status, a tool).
-        self.dirty = True
+        # Fields changed since the last write (a frame, a status, a tool);
+        # START wrote the initial ones.
+        self.dirty = False
         self.wakeup = trio.Event()
         self.on_change = on_change
         self.cancel_scope: trio.CancelScope | None = trio.CancelScope()
