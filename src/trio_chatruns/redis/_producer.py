@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._producer import Producer, _describe, _split_cancelled, logger
+from .._producer import Producer, _describe, logger, split_cancelled
 from .._status import ChatRunStatus
 from .._util import UNSET
 from ._owned import OwnedRun, RedisChatRun
@@ -34,7 +34,7 @@ async def run_owned_producer(
             await producer(run, *args)
     except BaseException as exc:
         state.producer_running = False
-        cancelled, error = _split_cancelled(exc)
+        cancelled, error = split_cancelled(exc)
         _end_run(state, interrupted=cancelled is not None, error=error)
         if error is not None and not isinstance(error, Exception):
             raise
