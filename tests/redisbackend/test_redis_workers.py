@@ -159,9 +159,16 @@ trio.run(main, sys.argv[1], sys.argv[2])
 
 
 async def test_owner_killed_run_fails_within_lease(redis_server, key_prefix) -> None:
+    ended = []
+
+    async def hook(record, events) -> None:
+        ended.append((record, [event.frame for event in events]))
+
     async with (
         coredis.Redis.from_url(redis_server.url) as client,
-        open_redis_chat_runs(client, key_prefix=key_prefix, worker_id="B", lease=1.0) as b,
+        open_redis_chat_runs(
+            client, key_prefix=key_prefix, worker_id="B", lease=1.0, on_run_end=hook
+        ) as b,
         trio.open_nursery() as nursery,
     ):
         process = await nursery.start(
@@ -194,6 +201,10 @@ async def test_owner_killed_run_fails_within_lease(redis_server, key_prefix) -> 
         assert new.run_id != run_id
         await b.interrupt("conv")
         await new.wait()
+    # B ended the dead owner's run, so B's hook got it (once), with its frame.
+    dead = [(r, f) for r, f in ended if r.run_id == run_id]
+    assert len(dead) == 1
+    assert dead[0][0].status is ChatRunStatus.FAILED and dead[0][1] == [{"n": 1}]
 
 
 async def test_redis_restarted_mid_run(own_redis, key_prefix) -> None:

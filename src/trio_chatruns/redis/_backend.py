@@ -30,7 +30,8 @@ from .._exceptions import ReplayGap, RunAlreadyActive, RunNotFound
 from .._producer import Producer
 from .._records import ChatRunEvent, ChatRunRecord, RegistryStats
 from .._registry import _check_cursor, _is_async_callable, _same_error
-from .._status import ChatRunStatus
+from .._run_end import RunEndHook, RunEndHooks
+from .._status import ChatRunStatus, StartPolicy
 from .._util import UNSET, NoPublicConstructor, Unset, check_conversation_id
 from ._codec import decode_entries, decode_record, entry_seq, text
 from ._errors import TRANSIENT_ERRORS, describe, unavailable_on_connection_errors
@@ -100,6 +101,8 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         write_timeout: float,
         runs_nursery: trio.Nursery,
         services: trio.Nursery,
+        hooks: RunEndHooks | None,
+        counters: Counters,
     ) -> None:
         self._store = store
         self._config = config
@@ -108,9 +111,10 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         self._write_timeout = write_timeout
         self._runs_nursery = runs_nursery
         self._services = services
+        self._hooks = hooks
         self._owned: dict[str, OwnedRun] = {}
         self._followers: dict[str, Follower] = {}
-        self._counters = Counters()
+        self._counters = counters
         self._closed = False
 
     def __repr__(self) -> str:
@@ -137,7 +141,13 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
 
     # -- starting and writing ----------------------------------------------------
 
-    async def try_start(self, conversation_id: str, producer: Producer, *args: Any) -> RedisChatRun:
+    async def try_start(
+        self,
+        conversation_id: str,
+        producer: Producer,
+        *args: Any,
+        if_active: StartPolicy | str = StartPolicy.REJECT,
+    ) -> RedisChatRun:
         """Start a run owned by this worker: ``producer(run, *args)`` runs here.
 
         Atomic across every worker (the ``START`` script): a conversation has
@@ -145,12 +155,18 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         lease lapsed is ended ``failed`` first, so a dead worker never blocks
         its conversations. A terminal run of the conversation is replaced.
 
+        Args:
+            if_active (StartPolicy | str): only ``"reject"`` (the default) so
+                far; the ``interrupt`` and ``enqueue`` policies of the
+                in-memory registry are not implemented by this backend yet.
+
         Returns:
             RedisChatRun: the handle the producer also gets; status ``running``.
 
         Raises:
-            TypeError / ValueError: a bad ``conversation_id``; ``TypeError`` if
-                ``producer`` is not an async function.
+            TypeError / ValueError: a bad ``conversation_id`` or ``if_active``;
+                ``TypeError`` if ``producer`` is not an async function.
+            NotImplementedError: ``if_active`` is ``interrupt`` or ``enqueue``.
             RunAlreadyActive: the conversation has an active run (on any worker).
             RuntimeError: this backend is closed.
             RedisUnavailable: Redis cannot be reached; nothing changed.
@@ -158,15 +174,27 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         check_conversation_id(conversation_id)
         if not _is_async_callable(producer):
             raise TypeError(f"producer must be an async function, not {producer!r}")
+        policy = StartPolicy.coerce(if_active)
+        if policy is not StartPolicy.REJECT:
+            raise NotImplementedError(
+                f"start policy {policy.value!r} is not implemented by the Redis backend yet; "
+                "only 'reject'"
+            )
         if self._closed:
             raise RuntimeError(f"backend is closed; cannot start a run for {conversation_id!r}")
         run_id = os.urandom(16).hex()
         with unavailable_on_connection_errors("try_start"):
-            (started, active_id, started_ms), replaced = await self._store.start(
-                conversation_id, run_id, self._worker_id
-            )
-        if not started:
-            raise RunAlreadyActive(conversation_id, active_id)
+            while True:
+                (outcome, other_id, started_ms), replaced = await self._store.start(
+                    conversation_id, run_id, self._worker_id
+                )
+                if outcome != "reaped":
+                    break
+                # The active run's owner had lapsed; START ended it. Do the
+                # end's duties before the retry replaces it.
+                await self._on_reaped(conversation_id, other_id, None)
+        if outcome == "active":
+            raise RunAlreadyActive(conversation_id, other_id)
         if replaced:
             self._services.start_soon(self._unindex, conversation_id, replaced)
         state = OwnedRun(conversation_id, run_id, started_ms / 1000.0, _no_change)
@@ -204,17 +232,66 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
             )
 
     async def _on_written_end(self, state: OwnedRun, written: bool) -> None:
+        """The end's duties on the owner: index the run, call the hook.
+
+        Whoever writes a run's end in Redis does them: the owner here, or
+        the worker that reaped a lapsed run (:meth:`_on_reaped`). A run Redis
+        lost (``state.gone``) has no end there; its owner calls the hook.
+        """
         if self._owned.get(state.conversation_id) is state:
             del self._owned[state.conversation_id]
-        if not written:
-            return
+        if written:
+            events: builtins.list[ChatRunEvent] = []
+            try:
+                if self._hooks is not None:
+                    events = await self._stored_events(state.conversation_id, state.run_id)
+            except TRANSIENT_ERRORS as exc:
+                logger.warning(
+                    "could not read the frames of ended run %s for on_run_end: %s",
+                    state.run_id,
+                    describe(exc),
+                )
+            if self._hooks is not None:
+                self._hooks.schedule(state.snapshot(), events)
+            await self._index_end(state.conversation_id, state.run_id)
+        elif state.gone and self._hooks is not None:
+            self._hooks.schedule(state.snapshot(), [])
+
+    async def _stored_events(
+        self, conversation_id: str, run_id: str
+    ) -> builtins.list[ChatRunEvent]:
+        entries = await self._store.frames(
+            conversation_id, run_id, 0, None, self._config.max_events_per_run + 1
+        )
+        events, _ = decode_entries(conversation_id, run_id, entries)
+        return events
+
+    async def _index_end(self, conversation_id: str, run_id: str) -> None:
         try:
-            expired, evicted = await self._store.index(state.conversation_id, state.run_id)
-        except TRANSIENT_ERRORS as exc:
-            logger.warning("could not index ended run %s: %s", state.run_id, describe(exc))
+            expired, evicted = await self._store.index(conversation_id, run_id)
+        except TRANSIENT_ERRORS as exc:  # it still expires by its TTL
+            logger.warning("could not index ended run %s: %s", run_id, describe(exc))
             return
         self._counters.evicted_ttl += expired
         self._counters.evicted_lru += evicted
+
+    async def _on_reaped(self, conversation_id: str, run_id: str, flat: Any) -> None:
+        """The end's duties for a lapsed run a script of ours just ended:
+        call the hook with its final record and frames, index it."""
+        logger.warning(
+            "run %s (conversation %r) ended failed: its owner's lease lapsed",
+            run_id,
+            conversation_id,
+        )
+        if self._hooks is not None:
+            if flat is None:
+                flat, _, _ = await self._store.read(conversation_id)
+            if flat:
+                record = decode_record(conversation_id, flat)
+                if record.run_id == run_id:
+                    events = await self._stored_events(conversation_id, run_id)
+                    self._hooks.schedule(record, events)
+        self._services.start_soon(self._index_end, conversation_id, run_id)
 
     def _owned_run(self, conversation_id: str) -> OwnedRun:
         state = self._owned.get(check_conversation_id(conversation_id))
@@ -302,7 +379,9 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
 
     async def _read(self, conversation_id: str, operation: str) -> tuple[ChatRunRecord | None, str]:
         with unavailable_on_connection_errors(operation):
-            flat, first_id = await self._store.read(conversation_id)
+            flat, first_id, reaped = await self._store.read(conversation_id)
+            if reaped:
+                await self._on_reaped(conversation_id, reaped, flat)
         if not flat:
             return None, ""
         return decode_record(conversation_id, flat), first_id
@@ -327,7 +406,9 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
                 if not (key.startswith(prefix) and key.endswith("}:run")):
                     continue
                 conversation_id = key[len(prefix) : -len("}:run")]
-                flat, _ = await self._store.read(conversation_id)
+                flat, _, reaped = await self._store.read(conversation_id)
+                if reaped:
+                    await self._on_reaped(conversation_id, reaped, flat)
                 if flat:
                     record = decode_record(conversation_id, flat)
                     if not active_only or record.status.is_active:
@@ -360,7 +441,10 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         ``active``: runs owned here and not ended; ``subscribers``,
         ``lagged_subscribers``: this worker's; ``frames_pushed``: frames this
         worker wrote to Redis; ``evicted_ttl``/``evicted_lru``: index entries
-        this worker found expired / evicted over the cap.
+        this worker found expired / evicted over the cap;
+        ``run_end_failures``: hook calls on this worker that raised or timed
+        out. ``queued`` and ``evicted_bytes`` are 0 and ``buffered_bytes`` is
+        ``None`` (no queues, no byte budgets in this backend yet).
         """
         with unavailable_on_connection_errors("stats"):
             retained = await self._store.retained()
@@ -373,7 +457,18 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
             evicted_lru=counters.evicted_lru,
             lagged_subscribers=counters.lagged_subscribers,
             frames_pushed=counters.frames_pushed,
+            queued=0,
+            evicted_bytes=0,
+            run_end_failures=counters.run_end_failures,
+            buffered_bytes=None,
         )
+
+    async def queued(self, conversation_id: str) -> builtins.list[ChatRunRecord]:
+        """The runs waiting behind the conversation's active run: always ``[]``
+        here, since this backend only has the ``reject`` policy so far."""
+        check_conversation_id(conversation_id)
+        await trio.lowlevel.checkpoint()
+        return []
 
     # -- following -----------------------------------------------------------------
 
@@ -487,6 +582,7 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
             self._counters,
             block_ms,
             self._forget_follower,
+            self._on_reaped,
         )
         self._followers[run_id] = follower
         try:
@@ -589,6 +685,7 @@ async def open_redis_chat_runs(
     write_timeout: float = WRITE_TIMEOUT,
     worker_id: str | None = None,
     key_prefix: str = "trio_chatruns",
+    on_run_end: RunEndHook | None = None,
 ) -> AsyncIterator[RedisChatRuns]:
     """Open this worker's :class:`RedisChatRuns` over a coredis client.
 
@@ -617,15 +714,32 @@ async def open_redis_chat_runs(
         worker_id (str | None): this worker's name in Redis; default
             ``host:pid:random``. Must be unique among live workers.
         key_prefix (str): the prefix of every key (default ``trio_chatruns``).
+        on_run_end: ``async def hook(record, events)``, called once for every
+            run that ends, by the worker that wrote the end to Redis (the
+            owner, or the worker that ended a run whose owner's lease lapsed),
+            with the final record and the frames still in the run's stream.
+            On one worker the calls of a conversation run one at a time in
+            the order the runs ended, each bounded by
+            ``config.run_end_timeout``; failures are logged and counted
+            (``run_end_failures``). Leaving the block waits for them.
 
     Raises:
-        TypeError / ValueError: a bad argument.
+        TypeError / ValueError: a bad argument; ``ValueError`` for byte
+            budgets (``max_bytes_per_run``, ``max_retained_bytes``), which
+            this backend does not implement yet.
         RedisUnavailable: Redis cannot be reached when opening.
     """
     if config is None:
         config = RegistryConfig()
     elif not isinstance(config, RegistryConfig):
         raise TypeError(f"config must be a RegistryConfig or None, not {config!r}")
+    if config.max_bytes_per_run is not None or config.max_retained_bytes is not None:
+        raise ValueError(
+            "byte budgets (max_bytes_per_run, max_retained_bytes) are not implemented by "
+            f"the Redis backend yet; got {config!r}"
+        )
+    if on_run_end is not None and not _is_async_callable(on_run_end):
+        raise TypeError(f"on_run_end must be an async function or None, not {on_run_end!r}")
     lease = _positive_seconds("lease", lease)
     write_timeout = _positive_seconds("write_timeout", write_timeout)
     if worker_id is None:
@@ -636,11 +750,27 @@ async def open_redis_chat_runs(
         raise TypeError(f"key_prefix must be a non-empty str, not {key_prefix!r}")
     store = RedisStore(client, KeyLayout(key_prefix), config, lease)
     body_error: BaseException | None = None
+    counters = Counters()
     try:
-        async with trio.open_nursery() as services:
+        # Outermost, never cancelled: the hooks of every run that ended,
+        # including those the closing cancelled, run to their own timeout.
+        async with trio.open_nursery() as hooks_nursery, trio.open_nursery() as services:
+            hooks = (
+                None
+                if on_run_end is None
+                else RunEndHooks(on_run_end, config.run_end_timeout, hooks_nursery, counters)
+            )
             async with trio.open_nursery() as runs_nursery:
                 backend = RedisChatRuns._create(
-                    store, config, worker_id, lease, write_timeout, runs_nursery, services
+                    store,
+                    config,
+                    worker_id,
+                    lease,
+                    write_timeout,
+                    runs_nursery,
+                    services,
+                    hooks,
+                    counters,
                 )
                 with unavailable_on_connection_errors("opening the backend"):
                     await services.start(backend._listen_interrupts)

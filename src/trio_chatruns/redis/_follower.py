@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
-from typing import NoReturn, final
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, final
 
 import trio
 
@@ -57,6 +57,7 @@ class Follower:
         counters: Counters,
         block_ms: int,
         on_done: Callable[[Follower], None],
+        on_reaped: Callable[[str, str, Any], Awaitable[None]],
     ) -> None:
         self.store = store
         self.conversation_id = conversation_id
@@ -74,6 +75,7 @@ class Follower:
         self.failed: BaseException | None = None
         self.cancel_scope = trio.CancelScope()
         self.on_done = on_done
+        self.on_reaped = on_reaped
 
     def _take(self, entries: tuple[object, ...]) -> None:
         events, ended = decode_entries(self.conversation_id, self.run_id, entries)
@@ -164,7 +166,9 @@ class Follower:
     async def _check_alive(self) -> None:
         """Nothing new within a block: reap a run whose owner's lease lapsed
         (its end marker then follows), and stop if the run is gone."""
-        flat, _ = await self.store.read(self.conversation_id)
+        flat, _, reaped = await self.store.read(self.conversation_id)
+        if reaped:
+            await self.on_reaped(self.conversation_id, reaped, flat)
         if flat:
             return  # held (and reaped if it had lapsed): keep reading
         # No record: evicted or expired. Its stream outlives it a little, so

@@ -63,6 +63,9 @@ class OwnedRun:
         self.producer_started = False
         self.producer_running = False
         self.interrupt_requested = False
+        # The run vanished from Redis (restart without persistence, flush):
+        # nobody else can end it there, so its end's duties fall to us.
+        self.gone = False
         # Set once the end is in Redis (or the writer gave up on it).
         self.written_end = trio.Event()
 

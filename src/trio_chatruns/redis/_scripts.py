@@ -69,7 +69,11 @@ START = (
     + r"""
 -- KEYS[1] run hash; ARGV[5] new run id, ARGV[6] owner worker, ARGV[7] lease ms
 local now = now_ms()
-reap(now)
+local reaped = reap(now)
+if reaped then
+  -- Ended here: the caller runs the end's duties (index, hook) and retries.
+  return {'reaped', reaped}
+end
 local cur = redis.call('HMGET', KEYS[1], 'status', 'run_id')
 if cur[1] and not TERMINAL[cur[1]] then
   return {'active', cur[2]}
@@ -83,7 +87,8 @@ return {'started', tostring(now), cur[2] or ''}
 """
 )
 """Start a run if the conversation has no active one: ``{'started', now_ms,
-replaced_run_id or ''}`` or ``{'active', run_id}``. O(1) plus deleting the
+replaced_run_id or ''}``, ``{'active', run_id}``, or ``{'reaped', run_id}``
+when it just ended a lapsed run (the caller then retries). O(1) plus deleting the
 replaced run's stream (O(its entries))."""
 
 WRITE = (
@@ -152,27 +157,26 @@ status}``. O(1)."""
 READ = (
     _PRELUDE
     + r"""
--- KEYS[1] run hash. Returns {first stream entry id or '', field, value, ...}
+-- KEYS[1] run hash. Returns {reaped run id or '', first stream entry id or '',
+-- field, value, ...}
 local now = now_ms()
-reap(now)
+local reaped = reap(now) or ''
 local fields = redis.call('HGETALL', KEYS[1])
-if #fields == 0 then return {''} end
+if #fields == 0 then return {reaped, ''} end
 local run_id = redis.call('HGET', KEYS[1], 'run_id')
 local first = redis.call('XRANGE', FRAMES_PREFIX .. run_id, '-', '+', 'COUNT', 1)
-local out = {first[1] and first[1][1] or ''}
+local out = {reaped, first[1] and first[1][1] or ''}
 for _, v in ipairs(fields) do out[#out + 1] = v end
 return out
 """
 )
-"""The conversation's current run (after reaping it) and the id of the oldest
-entry of its stream. O(1)."""
+"""The conversation's current run (after reaping it: the reaped run id comes
+first) and the id of the oldest entry of its stream. O(1)."""
 
 INTERRUPT = (
     _PRELUDE
     + r"""
 -- KEYS[1] run hash; ARGV[5] run id or '' for the current run
-local now = now_ms()
-reap(now)
 local cur = redis.call('HMGET', KEYS[1], 'run_id', 'status', 'owner')
 if not cur[2] or TERMINAL[cur[2]] or (ARGV[5] ~= '' and ARGV[5] ~= cur[1]) then
   return {}

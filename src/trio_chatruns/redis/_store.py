@@ -21,9 +21,10 @@ STREAM_GRACE_MS = 5000
 """How long a run's stream outlives its record after the end (ms), so that a
 reader already following it reads the end even with ``terminal_retention=0``."""
 
-StartResult = tuple[bool, str, int]
-"""``(started, run_id, started_at_ms)``: ``run_id`` is the active run's when
-not started (``started_at_ms`` is then 0)."""
+StartResult = tuple[str, str, int]
+"""``(outcome, run_id, started_at_ms)``: outcome ``started``; ``active``
+(``run_id`` is the active run's); or ``reaped`` (``run_id`` is the lapsed run
+the script just ended; retry)."""
 
 
 def lost_reason(status: str) -> str:
@@ -74,9 +75,9 @@ class RedisStore:
             [*self._reap_args(conversation_id), run_id, owner, self.lease_ms],
         )
         values = [text(v) for v in reply]
-        if values[0] == "active":
-            return (False, values[1], 0), ""
-        return (True, run_id, int(values[1])), values[2]
+        if values[0] != "started":
+            return (values[0], values[1], 0), ""
+        return ("started", run_id, int(values[1])), values[2]
 
     async def write(
         self,
@@ -87,9 +88,10 @@ class RedisStore:
         current_tool: str | None,
         last_error: str | None,
     ) -> tuple[bool, str]:
-        """Run :data:`~._scripts.WRITE`: ``(written, why)``; ``written`` is
-        ``False`` when the run was lost, and ``why`` then says how (ended by
-        another worker, replaced, or gone from Redis)."""
+        """Run :data:`~._scripts.WRITE`: ``(written, status in Redis)``;
+        ``written`` is ``False`` when the run was lost: ended by another
+        worker or replaced (the status Redis holds), or gone from Redis
+        (``''``)."""
         args: list[str | int | float] = [
             *self._reap_args(conversation_id),
             run_id,
@@ -109,7 +111,7 @@ class RedisStore:
         values = [text(v) for v in reply]
         if values[0] == "ok":
             return True, ""
-        return False, lost_reason(values[1])
+        return False, values[1]
 
     async def renew(self, leases: Sequence[tuple[str, str]]) -> list[tuple[str, bool]]:
         """Renew the leases of ``(conversation_id, run_id)`` pairs in one
@@ -132,14 +134,15 @@ class RedisStore:
                 results.append((lost_reason(values[1]), False))
         return results
 
-    async def read(self, conversation_id: str) -> tuple[list[Any], str]:
-        """Run :data:`~._scripts.READ`: ``(flat run hash, oldest stream entry id)``;
-        the hash list is empty when there is no run."""
+    async def read(self, conversation_id: str) -> tuple[list[Any], str, str]:
+        """Run :data:`~._scripts.READ`: ``(flat run hash, oldest stream entry id,
+        id of the run it reaped or '')``; the hash list is empty when there is
+        no run."""
         reply: Any = await self._read(
             [self.keys.run(conversation_id)], self._reap_args(conversation_id)
         )
         values = list(reply)
-        return values[1:], text(values[0])
+        return values[2:], text(values[1]), text(values[0])
 
     async def interrupt(self, conversation_id: str, run_id: str | None) -> tuple[str, str] | None:
         """Run :data:`~._scripts.INTERRUPT`: ``(run_id, owner)`` or ``None``."""

@@ -24,7 +24,7 @@ from .._counters import Counters
 from .._status import ChatRunStatus
 from ._errors import TRANSIENT_ERRORS, describe
 from ._owned import OwnedRun
-from ._store import RedisStore
+from ._store import RedisStore, lost_reason
 
 __all__ = ["MAX_BATCH", "write_run"]
 
@@ -66,7 +66,7 @@ async def write_run(
             ending = complete and state.terminated_at is not None
             status = state.status if ending else state.active_status
             try:
-                ok, why = await store.write(
+                ok, status_held = await store.write(
                     state.conversation_id,
                     state.run_id,
                     batch,
@@ -105,7 +105,10 @@ async def write_run(
             del state.pending[: len(batch)]
             counters.frames_pushed += len(batch)
             if not ok:
-                # Another worker ended it (our lease lapsed) or it was replaced.
+                # Another worker ended it (our lease lapsed), it was replaced,
+                # or Redis lost it.
+                why = lost_reason(status_held)
+                state.gone = not status_held
                 state.pending.clear()
                 state.mark_terminal(ChatRunStatus.FAILED, error=why, stop_producer=True)
                 logger.error(
