@@ -248,3 +248,65 @@ async def test_redis_restarted_mid_run(own_redis, key_prefix) -> None:
 
 async def lambda_producer(run) -> None:
     run.push_frame("after restart")
+
+
+async def test_owner_renews_its_lease_while_the_run_lasts(redis_server, key_prefix) -> None:
+    # A run that outlives several leases stays running: the owner renews it.
+    async with (
+        coredis.Redis.from_url(redis_server.url) as client_a,
+        coredis.Redis.from_url(redis_server.url) as client_b,
+        open_redis_chat_runs(client_a, key_prefix=key_prefix, worker_id="A", lease=0.3) as a,
+        open_redis_chat_runs(client_b, key_prefix=key_prefix, worker_id="B", lease=0.3) as b,
+    ):
+        run = await a.try_start("conv", park)
+        key = f"{key_prefix}:{{conv}}:run"
+        first = int(await client_b.hget(key, "lease_until"))
+        # Wait (polling Redis, the event itself) until the lease was renewed
+        # past three original leases; B's reads reap a lapsed run, so each
+        # get() also checks it never lapsed.
+        renewed = first
+        for _ in range(400):
+            record = await b.get("conv")
+            assert record.status is ChatRunStatus.RUNNING, record.last_error
+            renewed = int(await client_b.hget(key, "lease_until"))
+            if renewed >= first + 900:
+                break
+            await trio.sleep(0.02)
+        assert renewed >= first + 900
+        assert await b.interrupt("conv") is True
+        assert (await run.wait()).status is ChatRunStatus.CANCELLED
+
+
+async def test_frames_unwritable_end_the_run_failed(own_redis, key_prefix) -> None:
+    async with (
+        coredis.Redis.from_url(own_redis.url) as client,
+        open_redis_chat_runs(client, key_prefix=key_prefix, write_timeout=0.5, lease=60) as a,
+    ):
+        gate = trio.Event()
+        cancelled = trio.Event()
+
+        async def producer(run) -> None:
+            run.push_frame("before")
+            await gate.wait()
+            run.push_frame("while down")
+            try:
+                await trio.sleep_forever()
+            finally:
+                cancelled.set()
+
+        run = await a.try_start("conv", producer)
+        async with a.subscribe("conv") as sub:
+            assert (await sub.__anext__()).frame == "before"
+        own_redis.stop()
+        gate.set()
+        final = await run.wait()
+        await cancelled.wait()  # the producer was stopped, not left running
+        assert final.status is ChatRunStatus.FAILED
+        assert "1 frame(s) could not be written to Redis" in final.last_error
+        with pytest.raises(RedisUnavailable):
+            await a.get("conv")
+        own_redis.start()
+        # Redis came back empty; the backend works again.
+        again = await a.try_start("conv", park)
+        assert await a.interrupt("conv") is True
+        await again.wait()

@@ -270,7 +270,8 @@ class RedisChatRun(metaclass=NoPublicConstructor):
         return self._state.interrupt()
 
     async def wait(self) -> ChatRunRecord:
-        """Wait until the run has ended and its end is written to Redis (or
-        could not be); return the final record as this worker holds it."""
+        """Wait until the run has ended and its end is written to Redis, or
+        the run ended ``failed`` because its frames could not be written;
+        return the final record as this worker holds it."""
         await self._state.written_end.wait()
         return self._state.snapshot()

@@ -142,6 +142,9 @@ def _give_up_frames(state: OwnedRun, elapsed: float, exc: BaseException) -> None
         ),
         stop_producer=True,
     )
+    # Its end is known here: wait() need not wait for Redis to come back
+    # (the writer still tries to write the end, in the background).
+    state.written_end.set()
     logger.error(
         "run %s (conversation %r) ended failed: %s",
         state.run_id,
