@@ -262,7 +262,7 @@ def run(quick: bool, reps: int) -> dict[str, Any]:
             str(k): trio.run(_latency, server.url, k, 100 if quick else 300) for k in (1, 10, 100)
         }
         res["interrupt"] = trio.run(_interrupt_latency, server.url, 20 if quick else 100)
-        res["memory"] = trio.run(_memory, server.url, 5_000 if quick else 100_000)
+        res["memory"] = trio.run(_memory, server.url, 5_000 if quick else 20_000)
         return res
     finally:
         server.close()
