@@ -310,3 +310,27 @@ async def test_frames_unwritable_end_the_run_failed(own_redis, key_prefix) -> No
         again = await a.try_start("conv", park)
         assert await a.interrupt("conv") is True
         await again.wait()
+
+
+async def test_concurrent_starts_across_workers_one_wins(redis_server, key_prefix) -> None:
+    async with (
+        coredis.Redis.from_url(redis_server.url) as client_a,
+        coredis.Redis.from_url(redis_server.url) as client_b,
+        open_redis_chat_runs(client_a, key_prefix=key_prefix, worker_id="A") as a,
+        open_redis_chat_runs(client_b, key_prefix=key_prefix, worker_id="B") as b,
+    ):
+        started, refused = [], []
+
+        async def start(worker) -> None:
+            try:
+                started.append(await worker.try_start("conv", park))
+            except RunAlreadyActive as exc:
+                refused.append(exc.run_id)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(start, a if i % 2 else b)
+        assert len(started) == 1 and len(refused) == 19
+        assert set(refused) == {started[0].run_id}
+        assert await a.interrupt("conv") is True
+        await started[0].wait()
