@@ -6,11 +6,11 @@ import pickle
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import park
 from trio_chatruns import (
     ChatRun,
     ChatRunError,
@@ -22,6 +22,8 @@ from trio_chatruns import (
     StartPolicy,
     open_chat_run_registry,
 )
+
+from helpers import park
 
 QUEUED = ChatRunStatus.QUEUED
 RUNNING = ChatRunStatus.RUNNING
@@ -183,7 +185,7 @@ async def test_interrupt_policy_cancels_the_queue_and_starts_after_the_interrupt
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                await trio.sleep(0)  # unwinding takes a scheduling round
+                await trio.lowlevel.checkpoint()  # unwinding takes a scheduling round
                 run.push_frame(f"{name} unwound")
 
     async with open_chat_run_registry() as registry:
@@ -191,9 +193,10 @@ async def test_interrupt_policy_cancels_the_queue_and_starts_after_the_interrupt
         await trio.testing.wait_all_tasks_blocked()
         q1 = registry.try_start("c", worker, "q1", if_active="enqueue")
         q2 = registry.try_start("c", worker, "q2", if_active="enqueue")
-        async with registry.subscribe("c") as of_a, registry.subscribe(
-            "c", run_id=q1.run_id
-        ) as of_q1:
+        async with (
+            registry.subscribe("c") as of_a,
+            registry.subscribe("c", run_id=q1.run_id) as of_q1,
+        ):
             new = registry.try_start("c", worker, "new", if_active="interrupt")
             # The queued runs ended cancelled at once, without running.
             for run in (q1, q2):

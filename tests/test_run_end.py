@@ -9,13 +9,14 @@ import pytest
 import trio
 import trio.testing
 
-from helpers import park
 from trio_chatruns import (
     ChatRun,
     ChatRunStatus,
     RegistryConfig,
     open_chat_run_registry,
 )
+
+from helpers import park
 
 
 class Recorder:
@@ -191,7 +192,9 @@ async def test_a_hook_that_hangs_is_cancelled_after_run_end_timeout_and_counted(
         # The second call waited for the first one to be cancelled at 7 s.
         assert calls == [(first.run_id, 0.0), (second.run_id, 7.0)]
         assert registry.stats().run_end_failures == 1
-    assert any("timed out" in r.getMessage() and first.run_id in r.getMessage() for r in caplog.records)
+    assert any(
+        "timed out" in r.getMessage() and first.run_id in r.getMessage() for r in caplog.records
+    )
 
 
 async def test_leaving_the_registry_with_runs_active_and_queued_calls_every_hook(autojump_clock):

@@ -169,10 +169,12 @@ class RunState:
         status: ChatRunStatus | str | None = None,
         current_tool: str | Unset | None = UNSET,
         error: str | Unset | None = UNSET,
+        size: int | None = None,
     ) -> int:
         """Append a frame, fan it out, apply the field changes; return its seq.
 
-        Every argument is checked before anything changes.
+        Every argument is checked before anything changes. ``size``: the
+        frame's size if the caller measured it already.
         """
         self._check_writable()
         # The streaming case passes no status/tool/error: skip their checks.
@@ -183,7 +185,10 @@ class RunState:
             check_optional_str("error", error)
         measure = self.measure
         # Measured before anything changes: a frame_size that raises refuses the push.
-        size = 0 if measure is None else checked_size(measure, frame)
+        if measure is None:
+            size = 0
+        elif size is None:
+            size = checked_size(measure, frame)
 
         seq = self.latest_seq + 1
         event = ChatRunEvent(self.conversation_id, self.run_id, seq, time.time(), frame)
@@ -302,9 +307,16 @@ class RunState:
 
     def end_cancelled(self, error: str | Unset | None = UNSET) -> None:
         """Push the ``{"type": "interrupted"}`` frame and end ``CANCELLED``."""
-        self.push_frame(
-            {"type": INTERRUPTED_FRAME_TYPE}, status=ChatRunStatus.CANCELLED, error=error
-        )
+        frame = {"type": INTERRUPTED_FRAME_TYPE}
+        size = None
+        if self.measure is not None:
+            # The run must end even if the application's frame_size fails on
+            # this frame of ours.
+            try:
+                size = checked_size(self.measure, frame)
+            except Exception:
+                size = default_frame_size(frame)
+        self.push_frame(frame, status=ChatRunStatus.CANCELLED, error=error, size=size)
 
     def subscribe(self, after: int) -> ChatRunSubscription:
         """Open a subscription replaying ``seq > after`` then following live.
