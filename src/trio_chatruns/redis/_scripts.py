@@ -74,8 +74,12 @@ if reaped then
   -- Ended here: the caller runs the end's duties (index, hook) and retries.
   return {'reaped', reaped}
 end
-local cur = redis.call('HMGET', KEYS[1], 'status', 'run_id')
+local cur = redis.call('HMGET', KEYS[1], 'status', 'run_id', 'started_at')
 if cur[1] and not TERMINAL[cur[1]] then
+  if cur[2] == ARGV[5] then
+    -- Our own start, run again by a client retry: it already happened.
+    return {'started', cur[3], ''}
+  end
   return {'active', cur[2]}
 end
 if cur[2] then redis.call('DEL', FRAMES_PREFIX .. cur[2]) end
@@ -97,19 +101,31 @@ WRITE = (
 -- KEYS[1] run hash, KEYS[2] the run's stream; ARGV[5] run id, ARGV[6] lease ms,
 -- ARGV[7] status, ARGV[8] current_tool ('' with ARGV[9]=0: none),
 -- ARGV[10] last_error ('' with ARGV[11]=0: none), ARGV[12] frame count n,
--- then n times: seq, timestamp, payload.
+-- ARGV[13] seq of the first frame (the batch's seqs are contiguous),
+-- ARGV[14] the n timestamps joined by ' ', ARGV[15] the n JSON frames joined
+-- by newlines (JSON escapes every newline inside a value, so none is ambiguous).
 local now = now_ms()
-local cur = redis.call('HMGET', KEYS[1], 'run_id', 'status')
+local cur = redis.call('HMGET', KEYS[1], 'run_id', 'status', 'latest_seq')
+if cur[1] == ARGV[5] and cur[2] == ARGV[7] and TERMINAL[cur[2]] then
+  -- This end, run again by a client retry: it was written.
+  return {'ok', tostring(now)}
+end
 if cur[1] ~= ARGV[5] or not cur[2] or TERMINAL[cur[2]] then
   return {'lost', cur[2] or ''}
 end
 local n = tonumber(ARGV[12])
-local i = 13
+local first = tonumber(ARGV[13])
+local have = tonumber(cur[3] or '0')
+local next_time = string.gmatch(ARGV[14], '[^ ]+')
+local next_frame = string.gmatch(ARGV[15], '[^\n]+')
 local last = false
-for _ = 1, n do
-  redis.call('XADD', KEYS[2], 'MAXLEN', MAXLEN, ARGV[i] .. '-0', 't', ARGV[i + 1], 'f', ARGV[i + 2])
-  last = ARGV[i]
-  i = i + 3
+for k = 0, n - 1 do
+  local t, f = next_time(), next_frame()
+  -- Frames a retried call already wrote are skipped: writing is idempotent.
+  if first + k > have then
+    last = string.format('%d', first + k)
+    redis.call('XADD', KEYS[2], 'MAXLEN', MAXLEN, last .. '-0', 't', t, 'f', f)
+  end
 end
 if last then redis.call('HSET', KEYS[1], 'latest_seq', last) end
 redis.call('HSET', KEYS[1], 'updated_at', now, 'lease_until', now + tonumber(ARGV[6]))
@@ -136,7 +152,9 @@ return {'ok', tostring(now)}
 """Append a batch of frames and the run's fields, ending it if the status is
 terminal: ``{'ok', now_ms}``, or ``{'lost', status}`` when the run is no
 longer this one or no longer active (another worker reaped it). O(n) for n
-frames (each ``XADD`` trims at most one entry)."""
+frames (each ``XADD`` trims at most one entry). Idempotent: coredis may
+retry a call whose reply was lost, so frames at or below ``latest_seq`` are
+skipped and an end already written answers ``ok``."""
 
 RENEW = (
     _PRELUDE

@@ -102,9 +102,10 @@ class RedisStore:
             last_error or "",
             0 if last_error is None else 1,
             len(frames),
+            frames[0][0] if frames else 0,
+            " ".join([repr(timestamp) for _, timestamp, _ in frames]),
+            "\n".join([payload for _, _, payload in frames]),
         ]
-        for seq, timestamp, payload in frames:
-            args.extend((seq, repr(timestamp), payload))
         reply: Any = await self._write(
             [self.keys.run(conversation_id), self.keys.frames(conversation_id, run_id)], args
         )
