@@ -9,9 +9,10 @@ resume and interrupt. Needs the ``[redis]`` extra (coredis). See
 
 from __future__ import annotations
 
-from ._backend import LEASE, WRITE_TIMEOUT, RedisChatRuns, open_redis_chat_runs
+from ._backend import RedisChatRuns
 from ._errors import RedisUnavailable
 from ._follower import RedisSubscription
+from ._open import LEASE, WRITE_TIMEOUT, open_redis_chat_runs
 from ._owned import RedisChatRun
 
 __all__ = [
