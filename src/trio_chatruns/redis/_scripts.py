@@ -6,9 +6,9 @@ Cluster slot), except :data:`INDEX`, which touches only the cluster-wide
 retention index. Times come from the Redis server's ``TIME``, so every worker
 agrees on them. Complexity is given per script in ``docs/redis.md``.
 
-Scripts that read or change a run first *reap* it: an active run whose
-owner's lease has lapsed is ended ``failed`` right there, so no caller ever
-sees a run kept "running" by a dead worker. Their first four arguments are
+``START`` and ``READ`` first *reap* the run: an active run whose owner's
+lease has lapsed is ended ``failed`` right there, so no caller ever sees a
+run kept "running" by a dead worker. Their first four arguments are
 what reaping needs: the conversation's stream-key prefix, the retention in
 ms (``-1``: keep forever), the extra time the stream outlives its record
 (ms), and ``max_events_per_run``.
