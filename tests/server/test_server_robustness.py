@@ -181,7 +181,7 @@ async def test_active_query_values(waiting):
 # -- request bodies -----------------------------------------------------------
 
 HEAD = (
-    b"POST /v1/chat/runs/slow HTTP/1.1\r\nHost: test\r\n"
+    b"POST /v1/chat/runs/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # a name the server answers for
     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
 )
 

@@ -18,11 +18,16 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from .auth import ApiKeyAuth, StreamTokens, stream_token_route
 from .config import ServerSettings
+from .cross_site import CrossSiteGuard
 from .routes import api_routes, error_handlers
+from .security_headers import SecurityHeaders
 from .ws_stream import websocket_stream
 
 if TYPE_CHECKING:
@@ -81,6 +86,8 @@ class ChatServer:
     _resumed: int = attrs.field(default=0, init=False)
     _dropped: int = attrs.field(default=0, init=False)
     _idle: trio.Event = attrs.field(factory=trio.Event, init=False)
+    stream_tokens: StreamTokens = attrs.field(factory=StreamTokens, init=False, repr=False)
+    """Signs the short-lived tokens that open a stream without an ``Authorization`` header."""
 
     @property
     def closing(self) -> bool:
@@ -106,12 +113,46 @@ class ChatServer:
         routes = [
             Route("/", page),
             Route("/app.js", page_script),
+            _static_route("/auth.js", "auth.js", "text/javascript; charset=utf-8"),
+            _static_route("/app.css", "app.css", "text/css; charset=utf-8"),
             *api_routes(),
+            stream_token_route(),
             WebSocketRoute("/v1/chat/runs/{conversation_id}/ws", ws),
         ]
-        app = Starlette(routes=routes, exception_handlers=error_handlers())
+        app = Starlette(
+            routes=routes,
+            exception_handlers=error_handlers(),
+            middleware=self._security_middleware(),
+        )
         app.state.chat_server = self
+        app.state.stream_tokens = self.stream_tokens
         return app
+
+    def _security_middleware(self) -> list[Middleware]:
+        """The security layers, outermost first (see docs/server.md, "Security")."""
+        settings = self.settings
+        layers = [
+            Middleware(SecurityHeaders),
+            Middleware(
+                CrossSiteGuard,
+                bound_host=settings.host,
+                allowed_hosts=settings.allowed_hosts,
+                allowed_origins=settings.allowed_origins,
+            ),
+        ]
+        if settings.allowed_origins:
+            # Origins the operator listed may also read answers (CORS); the
+            # preflight is answered here, before authentication, as it must be.
+            layers.append(
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=settings.allowed_origins,
+                    allow_methods=["GET", "POST", "DELETE"],
+                    allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                )
+            )
+        layers.append(Middleware(ApiKeyAuth, api_key=settings.api_key, tokens=self.stream_tokens))
+        return layers
 
     def subscriber_count(self, run_id: str) -> int:
         """Streams (SSE and WebSocket) open on run ``run_id`` now."""
@@ -204,6 +245,16 @@ class ChatServer:
         """Return once no stream is open (immediately if none is)."""
         if self._drop_scopes:
             await self._idle.wait()
+
+
+def _static_route(path: str, name: str, media_type: str) -> Route:
+    """A ``GET`` route answering the packaged file ``static/<name>``."""
+    content = _static(name)
+
+    async def endpoint(request: Request) -> Response:
+        return Response(content, media_type=media_type)
+
+    return Route(path, endpoint)
 
 
 def _static(name: str) -> bytes:

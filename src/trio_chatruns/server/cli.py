@@ -118,6 +118,30 @@ def parser() -> argparse.ArgumentParser:
         "--system-prompt", default=None, help="system message for the openai producer"
     )
     model.add_argument("--tokens-per-second", type=float, default=30.0, help="scripted model rate")
+    sec = p.add_argument_group("security (see docs/server.md, Security)")
+    sec.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1/... and /metrics; also read from "
+        "TRIO_CHATRUNS_API_KEY (prefer it: other users can read a command line). Without one, "
+        "a non-loopback --host gets a generated key, logged in the page URL",
+    )
+    sec.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept requests (and CORS reads) from this web origin, e.g. "
+        "http://localhost:3000; repeatable",
+    )
+    sec.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also answer for this Host: NAME (any port), NAME:PORT, or '*' for any "
+        "(turns off the DNS-rebinding check); repeatable",
+    )
     p.add_argument(
         "--log-level",
         default="INFO",
@@ -176,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_interval=args.heartbeat,
             body_timeout=args.body_timeout,
             graceful_timeout=args.graceful_timeout,
+            api_key=args.api_key or os.environ.get("TRIO_CHATRUNS_API_KEY") or None,
+            allowed_hosts=tuple(args.allowed_host),
+            allowed_origins=tuple(args.allow_origin),
         )
         registry_config = RegistryConfig(
             max_events_per_run=args.max_events,

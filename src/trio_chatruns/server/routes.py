@@ -9,7 +9,6 @@ synchronous registry call, a JSON answer. The streaming routes live in
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from .producers import ChatRequest, make_producer
 from .sse import JSONResponse, event_to_json, parse_seq, record_to_json
 from .sse_stream import RETRY_AFTER_SECONDS, SSEStream
 from .streams import cursor_from_request
+from .strict_json import loads_strict
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -122,9 +122,9 @@ async def start_run(request: Request) -> Response:
     conversation_id = _conversation_id(request)
     body = await _read_body(server, request)
     try:
-        payload: Any = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ApiError(400, 'body must be JSON: {"prompt": "..."}') from None
+        payload: Any = loads_strict(body)
+    except ValueError as exc:
+        raise ApiError(400, f'{exc}; expected {{"prompt": "..."}}') from None
     prompt = payload.get("prompt") if isinstance(payload, dict) else None
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, 'body must be a JSON object with a non-empty string "prompt"')

@@ -42,6 +42,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from .. import RegistryConfig, open_chat_run_registry
 from .app import ChatServer
+from .auth import ensure_api_key, log_exposure
 from .config import ServerSettings
 
 if TYPE_CHECKING:
@@ -183,14 +184,18 @@ async def serve(
         handle_signals: shut down gracefully on SIGINT/SIGTERM (a second one
             stops at once). Only possible in the main thread.
 
+    Bound to a non-loopback address without ``settings.api_key``, the server
+    makes a random key and logs the page URL carrying it (see
+    :func:`trio_chatruns.server.auth.ensure_api_key`); the running server's
+    ``server.settings.api_key`` holds it.
+
     Raises:
         OSError: the address cannot be bound (the error itself, not wrapped
             in an exception group).
     """
+    settings, generated_key = ensure_api_key(settings or ServerSettings())
     try:
-        await _serve(
-            model, settings or ServerSettings(), registry_config, handle_signals, task_status
-        )
+        await _serve(model, settings, registry_config, handle_signals, task_status, generated_key)
     except BaseExceptionGroup as group:
         os_error = only_leaf(group, OSError)
         if os_error is None:
@@ -204,6 +209,7 @@ async def _serve(
     registry_config: RegistryConfig | None,
     handle_signals: bool,
     task_status: trio.TaskStatus[RunningServer],
+    generated_key: bool = False,
 ) -> None:
     config = hypercorn_config(settings)
     stop = trio.Event()
@@ -234,6 +240,7 @@ async def _serve(
                 if handle_signals:
                     nursery.start_soon(_watch_signals, stop, nursery.cancel_scope)
                 urls = await nursery.start(run_hypercorn)
+                log_exposure(settings, urls, generated_key)
                 task_status.started(RunningServer(server, urls, _stop=stop))
         guard.cancel_scope.cancel()  # the registry closed: the watchdog has nothing to say
 
