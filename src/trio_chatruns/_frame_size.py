@@ -20,7 +20,9 @@ if c_make_encoder is not None:  # CPython's C accelerator, built once rather tha
     )
 
     def _join_chunks(frame: Any) -> str:
-        return "".join(_encode_once(frame, 0))
+        chunks = _encode_once(frame, 0)
+        # A dict or list at the top comes back as one chunk: skip the join.
+        return chunks[0] if len(chunks) == 1 else "".join(chunks)
 
     _compact_json = _join_chunks
 
@@ -41,12 +43,14 @@ def default_frame_size(frame: Any) -> int:
             ``RegistryConfig.frame_size`` to measure such frames).
         ValueError: the frame holds a reference cycle.
     """
-    if isinstance(frame, str):
-        return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
-    if isinstance(frame, (bytes, bytearray)):
-        return len(frame)
-    if isinstance(frame, memoryview):
-        return frame.nbytes
+    cls = frame.__class__
+    if cls is not dict and cls is not list:  # the common frames go straight to JSON
+        if isinstance(frame, str):
+            return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
+        if isinstance(frame, (bytes, bytearray)):
+            return len(frame)
+        if isinstance(frame, memoryview):
+            return frame.nbytes
     text = _compact_json(frame)
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 

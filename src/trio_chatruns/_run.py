@@ -41,6 +41,7 @@ class RunState:
 
     __slots__ = (
         "buffer",
+        "byte_budget",
         "bytes",
         "cancel_scope",
         "config",
@@ -53,6 +54,7 @@ class RunState:
         "last_error",
         "latest_seq",
         "measure",
+        "measure_trusted",
         "on_terminal",
         "pending_start",
         "producer_running",
@@ -100,13 +102,16 @@ class RunState:
         # kept in ``sizes`` alongside the buffer and summed in ``bytes``; with
         # none, nothing is measured and the deque's maxlen trims by count.
         self.bytes = 0
+        self.byte_budget = config.max_bytes_per_run
+        self.buffer = deque(maxlen=config.max_events_per_run)
         if config.measures_bytes:
             self.measure: Callable[[Any], int] | None = config.frame_size or default_frame_size
-            self.buffer = deque()
-            self.sizes: deque[int] | None = deque()
+            # Our own measure always returns an int >= 0: no need to check it.
+            self.measure_trusted = self.measure is default_frame_size
+            self.sizes: deque[int] | None = deque(maxlen=config.max_events_per_run)
         else:
             self.measure = None
-            self.buffer = deque(maxlen=config.max_events_per_run)
+            self.measure_trusted = True
             self.sizes = None
         self.fanout = Fanout(counters)
         # Entered by the producer task; None once the run is terminal, so a
@@ -185,16 +190,14 @@ class RunState:
             check_optional_str("error", error)
         measure = self.measure
         # Measured before anything changes: a frame_size that raises refuses the push.
-        if measure is None:
-            size = 0
-        elif size is None:
-            size = checked_size(measure, frame)
+        if measure is not None and size is None:
+            size = measure(frame) if self.measure_trusted else checked_size(measure, frame)
 
         seq = self.latest_seq + 1
         event = ChatRunEvent(self.conversation_id, self.run_id, seq, time.time(), frame)
         self.buffer.append(event)  # type: ignore[attr-defined]  # a deque while active
         if measure is not None:
-            self._trim(size)
+            self._account(size)  # type: ignore[arg-type]  # measured above
         self.latest_seq = seq
         self.updated_at = trio.current_time()
         if current_tool is not UNSET:
@@ -226,25 +229,29 @@ class RunState:
             self.last_error = error
         self._set_status(new_status)
 
-    def _trim(self, size: int) -> None:
-        """Account for the frame just appended (``size`` bytes), then drop the
-        oldest frames past the count limit or, the newest frame apart, past
-        ``max_bytes_per_run``."""
-        buffer: deque[ChatRunEvent] = self.buffer  # type: ignore[assignment]
-        sizes = self.sizes
-        assert sizes is not None
+    def _account(self, size: int) -> None:
+        """Count the frame just appended (``size`` bytes), then drop the oldest
+        frames while the buffer holds more than ``max_bytes_per_run`` (the
+        newest frame apart).
+
+        ``sizes`` has the buffer's ``maxlen``: when the append trimmed the
+        oldest event by count, appending here drops its size in step.
+        """
+        sizes: deque[int] = self.sizes  # type: ignore[assignment]  # measuring
+        delta = size - sizes[0] if len(sizes) == sizes.maxlen else size
         sizes.append(size)
-        self.bytes += size
-        self.counters.buffered_bytes += size
-        max_events = self.config.max_events_per_run
-        budget = self.config.max_bytes_per_run
-        while len(buffer) > max_events or (
-            budget is not None and self.bytes > budget and len(buffer) > 1
-        ):
-            buffer.popleft()
-            dropped = sizes.popleft()
-            self.bytes -= dropped
-            self.counters.buffered_bytes -= dropped
+        total = self.bytes + delta
+        counters = self.counters
+        counters.buffered_bytes += delta
+        budget = self.byte_budget
+        if budget is not None and total > budget:
+            buffer: deque[ChatRunEvent] = self.buffer  # type: ignore[assignment]
+            while total > budget and len(buffer) > 1:
+                buffer.popleft()
+                dropped = sizes.popleft()
+                total -= dropped
+                counters.buffered_bytes -= dropped
+        self.bytes = total
 
     def _set_status(self, status: ChatRunStatus) -> None:
         if status.is_terminal:
