@@ -96,6 +96,11 @@ class ServerSettings:
             messages every ``heartbeat_interval`` of silence instead.
         graceful_timeout (float): seconds hypercorn waits for open connections
             to finish after shutdown starts, before cancelling them.
+        access_log (bool): log every request at INFO to the
+            ``trio_chatruns.access`` logger (``--no-access-log`` turns it off).
+        expose_errors (bool): send clients the whole text of a model's
+            exception (``--expose-errors``); off by default: clients get the
+            type and a generic message, the log gets the rest.
         api_key (str | None): when set, every ``/v1`` and ``/metrics`` request
             needs ``Authorization: Bearer <api_key>`` (401 otherwise; see
             :mod:`trio_chatruns.server.auth`). Not shown in ``repr``.
@@ -123,6 +128,8 @@ class ServerSettings:
         default=None, validator=v.optional(_pos_float)
     )
     graceful_timeout: float = attrs.field(default=5.0, validator=_pos_float)
+    access_log: bool = attrs.field(default=True, validator=v.instance_of(bool))
+    expose_errors: bool = attrs.field(default=False, validator=v.instance_of(bool))
     api_key: str | None = attrs.field(default=None, validator=_check_api_key, repr=False)
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_hosts)
     allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)

@@ -44,6 +44,7 @@ from .. import RegistryConfig, open_chat_run_registry
 from .app import ChatServer
 from .auth import ensure_api_key, log_exposure
 from .config import ServerSettings
+from .producers import describe_model
 
 if TYPE_CHECKING:
     from .. import ChatRunRegistry
@@ -217,7 +218,7 @@ async def _serve(
     async with trio.open_nursery() as guard:
         guard.start_soon(_shutdown_watchdog, stop, settings, lambda: registry)
         async with open_chat_run_registry(registry_config) as registry:
-            server = ChatServer(registry, model, settings)
+            server = ChatServer(registry, model, settings, on_shutdown_request=stop.set)
 
             async def shutdown_trigger() -> None:
                 await stop.wait()
@@ -240,9 +241,44 @@ async def _serve(
                 if handle_signals:
                     nursery.start_soon(_watch_signals, stop, nursery.cancel_scope)
                 urls = await nursery.start(run_hypercorn)
+                _log_startup(urls, model, settings, registry.config)
                 log_exposure(settings, urls, generated_key)
                 task_status.started(RunningServer(server, urls, _stop=stop))
         guard.cancel_scope.cancel()  # the registry closed: the watchdog has nothing to say
+    stats = server.stats()
+    logger.info(
+        "shutdown complete: %d run(s) interrupted by the shutdown, %d stream(s) cut "
+        "since start, %d run(s) failed since start",
+        len(server.shutdown_runs),
+        stats.streams_dropped,
+        stats.run_failures,
+    )
+
+
+def _log_startup(
+    urls: list[str], model: ChatModel, settings: ServerSettings, config: RegistryConfig
+) -> None:
+    """One INFO line naming the address, the model and its endpoint, and the limits."""
+    logger.info(
+        "listening on %s; model: %s; limits: max_active_runs=%d max_subscribers_per_run=%d "
+        "max_body_bytes=%d max_prompt_chars=%d body_timeout=%gs heartbeat=%gs "
+        "max_events_per_run=%d terminal_retention=%gs max_retained_terminal=%d "
+        "subscriber_buffer=%d; access log %s; errors to clients %s",
+        ", ".join(urls),
+        describe_model(model),
+        settings.max_active_runs,
+        settings.max_subscribers_per_run,
+        settings.max_body_bytes,
+        settings.max_prompt_chars,
+        settings.body_timeout,
+        settings.heartbeat_interval,
+        config.max_events_per_run,
+        config.terminal_retention,
+        config.max_retained_terminal,
+        config.subscriber_buffer,
+        "on" if settings.access_log else "off",
+        "in full (--expose-errors)" if settings.expose_errors else "as type and summary",
+    )
 
 
 async def _shutdown_watchdog(

@@ -41,27 +41,37 @@ RETRY_AFTER_SECONDS = 1
 
 
 class _SSESink:
-    def __init__(self, channel: trio.MemorySendChannel[bytes]) -> None:
+    def __init__(self, channel: trio.MemorySendChannel[bytes], retry_ms: int) -> None:
         self._channel = channel
+        # Sent inside the first message's block: a block holding only
+        # ``retry:`` is an event with empty data to some clients (httpx-sse).
+        self._retry: bytes | None = b"retry: %d\n" % retry_ms
+
+    async def _send(self, message: bytes) -> None:
+        if self._retry is not None:
+            message, self._retry = self._retry + message, None
+        await self._channel.send(message)
 
     async def event(self, event: ChatRunEvent) -> None:
-        await self._channel.send(
+        await self._send(
             encode_sse(to_json(event_to_json(event)), id=format_cursor(event.run_id, event.seq))
         )
 
     async def gap(self, first: int, last: int, run_id: str) -> None:
         data = {"run_id": run_id, "from": first, "to": last}
-        await self._channel.send(encode_sse(to_json(data), event="gap"))
+        await self._send(encode_sse(to_json(data), event="gap"))
 
-    async def end(self, record: ChatRunRecord | None) -> None:
-        data = None if record is None else record_to_json(record)
+    async def end(self, record: ChatRunRecord | None, reason: str) -> None:
+        data = (
+            {"reason": reason} if record is None else {**record_to_json(record), "reason": reason}
+        )
         event_id = None if record is None else format_cursor(record.run_id, record.latest_seq)
-        await self._channel.send(encode_sse(to_json(data), event="end", id=event_id))
+        await self._send(encode_sse(to_json(data), event="end", id=event_id))
 
     async def lagged(self, resume_after: int, run_id: str) -> None:
         # The id makes EventSource's Last-Event-ID exactly the resume point.
         data = {"run_id": run_id, "resume_after": resume_after}
-        await self._channel.send(
+        await self._send(
             encode_sse(to_json(data), event="lagged", id=format_cursor(run_id, resume_after))
         )
 
@@ -82,11 +92,12 @@ class SSEStream:
     ``EventSource`` from reconnecting). Otherwise ``200`` and a
     ``text/event-stream`` body:
 
-    - ``retry: <ms>`` first;
+    - ``retry: <ms>`` in the first message's block;
     - one unnamed (``message``) event per frame, ``id: <run_id>:<seq>``, data
       the event as JSON;
     - ``event: gap`` (data ``{"run_id", "from", "to"}``) when frames were trimmed;
-    - ``event: end`` (data the final record) when the run is over; then EOF;
+    - ``event: end`` (data the final record with a ``reason``, see
+      :meth:`ChatServer.end_reason`) when the run is over; then EOF;
     - ``event: lagged`` (data ``{"run_id", "resume_after"}``) then EOF for a slow
       client, which reconnects by itself;
     - ``: ping`` comments after ``heartbeat_interval`` seconds of silence.
@@ -141,8 +152,7 @@ class SSEStream:
                 nursery.start_soon(watch_disconnect)
                 nursery.start_soon(write)
                 async with send_channel:
-                    await send_channel.send(encode_sse(retry_ms=settings.sse_retry_ms))
                     with drop_scope:
-                        await pump(server, plan, _SSESink(send_channel))
+                        await pump(server, plan, _SSESink(send_channel, settings.sse_retry_ms))
         if not disconnected:
             await send({"type": "http.response.body", "body": b"", "more_body": False})

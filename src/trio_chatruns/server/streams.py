@@ -29,12 +29,14 @@ from .config import valid_conversation_id
 from .sse import Cursor, parse_cursor, parse_run_id, parse_seq
 
 if TYPE_CHECKING:
+    from .. import ChatRunRegistry
     from .app import ChatServer
 
 __all__ = [
     "StreamPlan",
     "StreamRefusal",
     "StreamSink",
+    "check_cursor",
     "cursor_from_request",
     "pump",
     "resolve_stream",
@@ -95,6 +97,34 @@ def cursor_from_request(headers: Any, query: Any) -> tuple[Cursor, bool]:
     return Cursor(run_id=run_id, after=after), bool(after or run_id)
 
 
+def check_cursor(
+    registry: ChatRunRegistry, conversation_id: str, cursor: Cursor, resumed: bool
+) -> ChatRunRecord | StreamRefusal:
+    """The answer to ``cursor`` on ``conversation_id``: the run's record, or a refusal.
+
+    The rules shared by the streams and ``GET .../events`` (``docs/server.md``,
+    "What the server answers to a cursor"): ``404`` no run and no run id;
+    ``204`` a run id that is not the current run (it is over), or a resumed
+    cursor at the end of a terminal run (its record attached); ``400`` a seq
+    past the run's ``latest_seq``. Synchronous, no checkpoint.
+    """
+    record = registry.get(conversation_id)
+    if record is None:
+        if cursor.run_id is not None:
+            return StreamRefusal(204, "run is over and no longer retained")
+        return StreamRefusal(404, f"no run for conversation {conversation_id!r}")
+    if cursor.run_id is not None and cursor.run_id != record.run_id:
+        # Only a terminal run is ever replaced, so the run the client followed is over.
+        return StreamRefusal(204, "run is over; the conversation has a newer run")
+    if cursor.after > record.latest_seq:
+        return StreamRefusal(
+            400, f"cursor {cursor.after} is past the run's latest seq {record.latest_seq}"
+        )
+    if record.status.is_terminal and resumed and cursor.after >= record.latest_seq:
+        return StreamRefusal(204, "run is over and every frame was delivered", record)
+    return record
+
+
 def resolve_stream(
     server: ChatServer, conversation_id: str, cursor: Cursor, resumed: bool
 ) -> StreamPlan | StreamRefusal:
@@ -109,20 +139,9 @@ def resolve_stream(
         return StreamRefusal(400, "invalid conversation id")
     if server.closing:
         return StreamRefusal(503, "server is shutting down")
-    record = server.registry.get(conversation_id)
-    if record is None:
-        if cursor.run_id is not None:
-            return StreamRefusal(204, "run is over and no longer retained")
-        return StreamRefusal(404, f"no run for conversation {conversation_id!r}")
-    if cursor.run_id is not None and cursor.run_id != record.run_id:
-        # Only a terminal run is ever replaced, so the run the client followed is over.
-        return StreamRefusal(204, "run is over; the conversation has a newer run")
-    if cursor.after > record.latest_seq:
-        return StreamRefusal(
-            400, f"cursor {cursor.after} is past the run's latest seq {record.latest_seq}"
-        )
-    if record.status.is_terminal and resumed and cursor.after >= record.latest_seq:
-        return StreamRefusal(204, "run is over and every frame was delivered", record)
+    record = check_cursor(server.registry, conversation_id, cursor, resumed)
+    if isinstance(record, StreamRefusal):
+        return record
     if server.subscriber_count(record.run_id) >= server.settings.max_subscribers_per_run:
         return StreamRefusal(429, "too many streams open for this run")
     return StreamPlan(conversation_id, record.run_id, cursor.after, record, resumed)
@@ -133,36 +152,48 @@ class StreamSink(Protocol):
 
     async def event(self, event: ChatRunEvent) -> None: ...
     async def gap(self, first: int, last: int, run_id: str) -> None: ...
-    async def end(self, record: ChatRunRecord | None) -> None: ...
+    async def end(self, record: ChatRunRecord | None, reason: str) -> None: ...
     async def lagged(self, resume_after: int, run_id: str) -> None: ...
 
 
 async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink) -> None:
     """Deliver ``plan``'s run to ``sink`` until it ends, lags, or is cancelled.
 
-    Calls ``sink.end`` after the run's last frame, ``sink.lagged`` if the
-    registry dropped this subscriber; returns after either. Cancellation
-    (client gone, :meth:`ChatServer.disconnect_streams`) propagates.
+    Calls ``sink.end`` after the run's last frame (with the reason of
+    :meth:`ChatServer.end_reason`), ``sink.lagged`` if the registry dropped
+    this subscriber; returns after either. Cancellation (client gone,
+    :meth:`ChatServer.disconnect_streams`) propagates.
+
+    A cursor whose next frames were trimmed gets exactly one ``sink.gap``,
+    however fast the run trims: the gap is sent once the subscription is
+    entered (after which the frames are the subscriber's), never before it.
     """
     after = plan.after
+    gap_from: int | None = None
     while True:
         try:
             async with server.registry.subscribe(
                 plan.conversation_id, after=after, run_id=plan.run_id
             ) as subscription:
+                if gap_from is not None:
+                    await sink.gap(gap_from, after, plan.run_id)
                 async for event in subscription:
                     await sink.event(event)
                 record = subscription.record
         except ReplayGap as gap:
-            first, after = after + 1, gap.available_from - 1
-            await sink.gap(first, after, plan.run_id)
+            # Raised on entering, which does not checkpoint: the retry below
+            # sees the same buffer and cannot raise again.
+            if gap_from is None:
+                gap_from = after + 1
+            after = gap.available_from - 1
             continue
         except SubscriberLagged as lag:
+            server.note_lagged()
             await sink.lagged(lag.resume_after, plan.run_id)
             return
         except RunNotFound:
             # Evicted or replaced between accepting the stream and subscribing.
-            await sink.end(None)
+            await sink.end(None, server.end_reason(None))
             return
-        await sink.end(record)
+        await sink.end(record, server.end_reason(record))
         return

@@ -14,10 +14,12 @@ if TYPE_CHECKING:
     from .. import ChatRunEvent, ChatRunRecord
     from .app import ChatServer
 
-__all__ = ["WS_CLOSE_DONE", "WS_CLOSE_RESUME", "websocket_stream"]
+__all__ = ["WS_CLOSE_DONE", "WS_CLOSE_GOING_AWAY", "WS_CLOSE_RESUME", "websocket_stream"]
 
 WS_CLOSE_DONE = 1000
 """WebSocket close code: the run ended and every frame was sent; do not reconnect."""
+WS_CLOSE_GOING_AWAY = 1001
+"""WebSocket close code ("going away", RFC 6455 section 7.4.1): the server is shutting down."""
 WS_CLOSE_RESUME = 1013
 """WebSocket close code ("try again later"): reconnect with ``after=<last seq>``."""
 
@@ -54,9 +56,14 @@ class _WSSink:
     async def gap(self, first: int, last: int, run_id: str) -> None:
         await self.send({"type": "gap", "run_id": run_id, "from": first, "to": last})
 
-    async def end(self, record: ChatRunRecord | None) -> None:
+    async def end(self, record: ChatRunRecord | None, reason: str) -> None:
         data = None if record is None else record_to_json(record)
-        await self.send({"type": "end", "record": data}, then_close=WS_CLOSE_DONE)
+        going_away = reason == "shutdown"
+        await self.send(
+            {"type": "end", "reason": reason, "record": data},
+            then_close=WS_CLOSE_GOING_AWAY if going_away else WS_CLOSE_DONE,
+            reason="server shutting down" if going_away else None,
+        )
 
     async def lagged(self, resume_after: int, run_id: str) -> None:
         await self.send(
@@ -71,10 +78,12 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
 
     Messages: ``{"type": "event", ...event}``, ``{"type": "gap", "run_id",
     "from", "to"}``, ``{"type": "ping"}`` after ``heartbeat_interval`` seconds
-    of silence, then ``{"type": "end", "record"}`` and close ``1000``; or
+    of silence, then ``{"type": "end", "reason", "record"}`` and close ``1000``
+    (``1001``, going away, when the reason is ``"shutdown"``); or
     ``{"type": "lagged", "run_id", "resume_after"}`` and close ``1013`` (resume
     by reconnecting with ``after=resume_after``). A stream the server drops
-    (:meth:`ChatServer.disconnect_streams`) closes ``1013`` too. Refusals are
+    (:meth:`ChatServer.disconnect_streams`) closes ``1013`` too, or ``1001``
+    while the server shuts down. Refusals are
     ``{"type": "error", "status", "error"}`` and close ``4000 + status``
     (``4400``, ``4404``, ``4429``, ``4503``); a run already over and fully
     delivered gets its ``end`` message and ``1000``. The cursor is read as for
@@ -90,7 +99,7 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
         plan = resolve_stream(server, conversation_id, cursor, resumed)
     if isinstance(plan, StreamRefusal):
         if plan.status == 204:
-            await _WSSink(websocket).end(plan.record)
+            await _WSSink(websocket).end(plan.record, server.end_reason(plan.record))
         else:
             await websocket.send_text(
                 to_json({"type": "error", "status": plan.status, "error": plan.message})
@@ -116,5 +125,8 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
                 drop_scope.cancelled_caught
                 and websocket.application_state != WebSocketState.DISCONNECTED
             ):
-                await websocket.close(WS_CLOSE_RESUME, "stream dropped by the server; resume")
+                if server.closing:
+                    await websocket.close(WS_CLOSE_GOING_AWAY, "server shutting down")
+                else:
+                    await websocket.close(WS_CLOSE_RESUME, "stream dropped by the server; resume")
             nursery.cancel_scope.cancel()

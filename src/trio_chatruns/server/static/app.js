@@ -143,8 +143,9 @@ async function openStream(runId) {
     state.lastSeq = Math.max(state.lastSeq, gap.to);
   });
   es.addEventListener("end", (message) => {
-    applyRecord(JSON.parse(message.data));
-    finish("ended");
+    const end = JSON.parse(message.data);  // the final record and why the stream ends
+    applyRecord(end);
+    finish(end.reason === "shutdown" ? "ended: the server shut down" : "ended");
   });
   es.onerror = () => {
     if (es !== state.es) return;
