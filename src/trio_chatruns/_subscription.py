@@ -114,42 +114,48 @@ class ChatRunSubscription(metaclass=NoPublicConstructor):
             SubscriberLagged: this subscriber was dropped for reading too slowly.
             trio.ClosedResourceError: the ``async with`` block was already left.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise trio.ClosedResourceError("this subscription was closed")
-        if self._unscheduled >= SCHEDULE_EVERY:
-            self._unscheduled = 0
-            await trio.lowlevel.cancel_shielded_checkpoint()
         replay = self._replay
-        if replay:
-            event = replay[self._replay_pos]
-            self._replay_pos += 1
-            if self._replay_pos == len(replay):
-                # Let the snapshot go: a long-lived subscriber holds no backlog.
-                self._replay = []
-            self.last_seq = event.seq
-            self._unscheduled += 1
-            return event
         receive = self._receive
-        if receive is None:
-            await self._end()
-        try:
-            if self.last_seq < self._state.latest_seq:
-                # A live frame past our cursor is queued on our channel (every
-                # one is, until the channel is closed): take it without waiting.
-                try:
-                    event = receive.receive_nowait()
-                    self._unscheduled += 1
-                except trio.WouldBlock:  # pragma: no cover - defensive
-                    event = await receive.receive()
-                    self._unscheduled = 0
-            else:
-                # Caught up, so the channel is empty: wait at once rather than
-                # first raising and catching a certain WouldBlock.
-                event = await receive.receive()
+        if replay or (receive is not None and self.last_seq < self._state.latest_seq):
+            # An event is ready and is returned without waiting: check for
+            # cancellation (no scheduling round unless cancelled), and go
+            # through the scheduler once every SCHEDULE_EVERY events.
+            if self._unscheduled >= SCHEDULE_EVERY:
                 self._unscheduled = 0
-        except trio.EndOfChannel:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            self._unscheduled += 1
+            if replay:
+                event = replay[self._replay_pos]
+                self._replay_pos += 1
+                if self._replay_pos == len(replay):
+                    # Let the snapshot go: a long-lived subscriber holds no backlog.
+                    self._replay = []
+                self.last_seq = event.seq
+                return event
+            assert receive is not None
+            # A live frame past our cursor is queued on our channel (every one
+            # is, until the channel is closed for lag): take it without waiting.
+            try:
+                event = receive.receive_nowait()
+            except trio.WouldBlock:  # pragma: no cover - defensive
+                event = await receive.receive()
+            except trio.EndOfChannel:
+                await self._end()
+        elif receive is None:
             await self._end()
+        else:
+            # Caught up, so the channel is empty: wait at once (a full
+            # checkpoint) rather than first raising a certain WouldBlock.
+            try:
+                event = await receive.receive()
+            except trio.EndOfChannel:
+                await self._end()
+            self._unscheduled = 0
         self.last_seq = event.seq
         return event
 
