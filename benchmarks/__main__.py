@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from . import budget, churn, eviction, fanout, memory, redis, replay
+from . import budget, churn, eviction, fanout, memory, redis, replay, server
 from ._timing import clock_name, machine, use_cpu_clock
 
 WORKLOADS = {
@@ -23,6 +23,7 @@ WORKLOADS = {
     "churn": churn,
     "budget": budget,
     "redis": redis,
+    "server": server,
 }
 
 
@@ -66,6 +67,8 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
         sizes = r["memory"]["dbsize"]
         x = sizes[-1] / sizes[0]
         out.append(("redis DBSIZE flat under churn (last/first <= 1.10)", f"{x:.2f}x", x <= 1.1))
+    if "server" in res:
+        out.extend(server.targets(res["server"]))
     return out
 
 

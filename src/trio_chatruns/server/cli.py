@@ -80,6 +80,15 @@ def parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--graceful-timeout", type=float, default=5.0, help="seconds to drain on shutdown"
     )
+    net.add_argument(
+        "--send-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a write to a client may take before its connection is closed",
+    )
+    net.add_argument(
+        "--backlog", type=int, default=2048, help="connections queued before they are accepted"
+    )
 
     reg = p.add_argument_group("retention")
     reg.add_argument(
@@ -254,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_interval=args.heartbeat,
             body_timeout=args.body_timeout,
             graceful_timeout=args.graceful_timeout,
+            send_timeout=args.send_timeout,
+            backlog=args.backlog,
             access_log=not args.no_access_log,
             expose_errors=args.expose_errors,
             api_key=args.api_key or os.environ.get("TRIO_CHATRUNS_API_KEY") or None,

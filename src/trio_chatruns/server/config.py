@@ -96,6 +96,13 @@ class ServerSettings:
             messages every ``heartbeat_interval`` of silence instead.
         graceful_timeout (float): seconds hypercorn waits for open connections
             to finish after shutdown starts, before cancelling them.
+        send_timeout (float): seconds one write to a client's socket may take;
+            a client that reads nothing for that long (its receive window
+            full) has its connection closed, which releases its stream, its
+            subscription and its stream slot.
+        backlog (int): the listen backlog: connections the kernel queues
+            before the server accepts them, so thousands of ``EventSource``
+            clients reconnecting at once after a restart are not reset.
         access_log (bool): log every request at INFO to the
             ``trio_chatruns.access`` logger (``--no-access-log`` turns it off).
         expose_errors (bool): send clients the whole text of a model's
@@ -128,6 +135,8 @@ class ServerSettings:
         default=None, validator=v.optional(_pos_float)
     )
     graceful_timeout: float = attrs.field(default=5.0, validator=_pos_float)
+    send_timeout: float = attrs.field(default=30.0, validator=_pos_float)
+    backlog: int = attrs.field(default=2048, validator=_pos_int)
     access_log: bool = attrs.field(default=True, validator=v.instance_of(bool))
     expose_errors: bool = attrs.field(default=False, validator=v.instance_of(bool))
     api_key: str | None = attrs.field(default=None, validator=_check_api_key, repr=False)

@@ -44,6 +44,7 @@ from .. import RegistryConfig, open_chat_run_registry
 from .app import ChatServer
 from .auth import ensure_api_key, log_exposure
 from .config import ServerSettings
+from .connections import WriteDeadlines, install
 from .producers import describe_model
 
 if TYPE_CHECKING:
@@ -113,13 +114,21 @@ def only_leaf(exc: BaseException, kind: type[BaseException]) -> BaseException | 
     return exc if isinstance(exc, kind) else None
 
 
+WEBSOCKET_MAX_MESSAGE_BYTES = 4096
+"""Largest WebSocket message a client may send (the server ignores them all);
+hypercorn's default, 16 MiB, would let each client make the server buffer that much."""
+
+
 class _HypercornConfig(HypercornConfig):
     """Hypercorn's config, creating its TCP sockets without leaking one that fails to bind.
 
     Hypercorn 0.18 leaves the socket of a failed ``bind`` (address in use) to
     the garbage collector: a ``ResourceWarning``. ``ServerSettings`` only ever
-    binds ``host:port`` over TCP, which is all this handles.
+    binds ``host:port`` over TCP, which is all this handles. It also carries
+    the server's :class:`~.connections.WriteDeadlines` to its connections.
     """
+
+    write_deadlines: WriteDeadlines | None = None
 
     def _create_sockets(
         self, binds: list[str], type_: int = socket.SOCK_STREAM
@@ -144,8 +153,13 @@ class _HypercornConfig(HypercornConfig):
         return sockets
 
 
-def hypercorn_config(settings: ServerSettings) -> HypercornConfig:
-    """The hypercorn configuration for ``settings`` (bind, timeouts, pings).
+def hypercorn_config(settings: ServerSettings) -> _HypercornConfig:
+    """The hypercorn configuration for ``settings`` (bind, timeouts, pings, backlog).
+
+    Every socket write gets ``settings.send_timeout`` (see
+    :mod:`~.connections`: hypercorn shields its writes, so only a deadline
+    inside that shield can end one); client WebSocket messages are capped at
+    :data:`WEBSOCKET_MAX_MESSAGE_BYTES`.
 
     Hypercorn's ``read_timeout`` is left off on purpose: it bounds every read
     of a connection, so it would also cut SSE streams, where the client sends
@@ -158,6 +172,10 @@ def hypercorn_config(settings: ServerSettings) -> HypercornConfig:
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.graceful_timeout
     config.websocket_ping_interval = settings.websocket_ping_interval
+    config.backlog = settings.backlog
+    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
+    install()
+    config.write_deadlines = WriteDeadlines(settings.send_timeout)
     config.accesslog = None
     # A plain logger: hypercorn adds no handler of its own, so the application's
     # logging configuration decides where its messages go.
@@ -213,6 +231,8 @@ async def _serve(
     generated_key: bool = False,
 ) -> None:
     config = hypercorn_config(settings)
+    deadlines = config.write_deadlines
+    assert deadlines is not None
     stop = trio.Event()
     registry: ChatRunRegistry | None = None
     async with trio.open_nursery() as guard:
@@ -226,6 +246,10 @@ async def _serve(
                 with trio.move_on_after(settings.graceful_timeout / 2):
                     await server.wait_streams_closed()
                 server.disconnect_streams()
+                # A stream whose client stopped reading is stuck in a shielded
+                # write (see .connections): close those connections now, and
+                # any write still blocked half-way through hypercorn's drain.
+                deadlines.cut(grace=settings.graceful_timeout / 2)
 
             async with trio.open_nursery() as nursery:
 
@@ -239,7 +263,7 @@ async def _serve(
                     nursery.cancel_scope.cancel()  # stop the signal watcher
 
                 if handle_signals:
-                    nursery.start_soon(_watch_signals, stop, nursery.cancel_scope)
+                    nursery.start_soon(_watch_signals, stop, nursery.cancel_scope, deadlines)
                 urls = await nursery.start(run_hypercorn)
                 _log_startup(urls, model, settings, registry.config)
                 log_exposure(settings, urls, generated_key)
@@ -298,10 +322,15 @@ async def _shutdown_watchdog(
     )
 
 
-async def _watch_signals(stop: trio.Event, hard_stop: trio.CancelScope) -> None:
+async def _watch_signals(
+    stop: trio.Event, hard_stop: trio.CancelScope, deadlines: WriteDeadlines
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             if stop.is_set():
-                hard_stop.cancel()  # a second signal: stop now
+                # A second signal: stop now, including writes to clients that
+                # do not read (hypercorn shields them from cancellation).
+                deadlines.cut()
+                hard_stop.cancel()
                 return
             stop.set()

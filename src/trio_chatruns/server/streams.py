@@ -2,7 +2,8 @@
 
 Both transports (:mod:`.sse_stream`, :mod:`.ws_stream`) resolve the client's
 cursor with :func:`resolve_stream` and then run one loop, :func:`pump`, over
-``registry.subscribe``:
+``registry.subscribe``, in the task that writes the response (events are
+encoded by :mod:`.wire`, once per event):
 
 - replay from the client's cursor, then live events, each sent with its
   ``<run_id>:<seq>`` cursor;
@@ -20,19 +21,22 @@ rely on.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
+import trio
 
 from .. import ChatRunEvent, ChatRunRecord, ReplayGap, RunNotFound, SubscriberLagged
 from .config import valid_conversation_id
 from .sse import Cursor, parse_cursor, parse_run_id, parse_seq
 
 if TYPE_CHECKING:
-    from .. import ChatRunRegistry
+    from .. import ChatRunRegistry, ChatRunSubscription
     from .app import ChatServer
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_BATCH_BYTES",
     "StreamPlan",
     "StreamRefusal",
     "StreamSink",
@@ -147,21 +151,40 @@ def resolve_stream(
     return StreamPlan(conversation_id, record.run_id, cursor.after, record, resumed)
 
 
-class StreamSink(Protocol):
-    """Where :func:`pump` delivers a stream; one implementation per transport."""
+M = TypeVar("M", bytes, str)
 
-    async def event(self, event: ChatRunEvent) -> None: ...
-    async def gap(self, first: int, last: int, run_id: str) -> None: ...
-    async def end(self, record: ChatRunRecord | None, reason: str) -> None: ...
-    async def lagged(self, resume_after: int, run_id: str) -> None: ...
+MAX_BATCH = 512
+"""Most messages a stream sends in one write."""
+MAX_BATCH_BYTES = 256 * 1024
+"""A write stops taking more messages past this size (large frames)."""
 
 
-async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink) -> None:
+class StreamSink(Protocol[M]):
+    """Where :func:`pump` delivers a stream; one implementation per transport.
+
+    The message methods only encode (synchronous, no checkpoint); :meth:`send`
+    writes what :func:`pump` collected, as few writes as the transport allows
+    (SSE: one body; WebSocket: one message each).
+    """
+
+    def event(self, event: ChatRunEvent) -> M: ...
+    def gap(self, first: int, last: int, run_id: str) -> M: ...
+    def ping(self) -> M: ...
+    def end(self, record: ChatRunRecord | None, reason: str) -> M: ...
+    def lagged(self, resume_after: int, run_id: str) -> M: ...
+    async def send(self, messages: list[M], *, final: bool) -> None: ...
+
+
+async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink[M]) -> None:
     """Deliver ``plan``'s run to ``sink`` until it ends, lags, or is cancelled.
 
-    Calls ``sink.end`` after the run's last frame (with the reason of
-    :meth:`ChatServer.end_reason`), ``sink.lagged`` if the registry dropped
-    this subscriber; returns after either. Cancellation (client gone,
+    One task does all of it: it takes whatever events are ready, sends them
+    in one :meth:`StreamSink.send`, and waits only when nothing is; the
+    heartbeat is the deadline of that one wait (``heartbeat_interval``
+    seconds after the last send), not a timer per event. The last send is
+    ``final``: the run's ``end`` (after its last frame, with the reason of
+    :meth:`ChatServer.end_reason`) or ``lagged`` (the registry dropped this
+    subscriber), with whatever preceded it. Cancellation (client gone,
     :meth:`ChatServer.disconnect_streams`) propagates.
 
     A cursor whose next frames were trimmed gets exactly one ``sink.gap``,
@@ -170,16 +193,17 @@ async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink) -> None:
     """
     after = plan.after
     gap_from: int | None = None
+    out: list[M] = []
+    heartbeat = server.settings.heartbeat_interval
     while True:
         try:
             async with server.registry.subscribe(
                 plan.conversation_id, after=after, run_id=plan.run_id
             ) as subscription:
                 if gap_from is not None:
-                    await sink.gap(gap_from, after, plan.run_id)
-                async for event in subscription:
-                    await sink.event(event)
-                record = subscription.record
+                    out.append(sink.gap(gap_from, after, plan.run_id))
+                await _deliver(subscription, sink, out, heartbeat)
+                record: ChatRunRecord | None = subscription.record
         except ReplayGap as gap:
             # Raised on entering, which does not checkpoint: the retry below
             # sees the same buffer and cannot raise again.
@@ -189,11 +213,41 @@ async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink) -> None:
             continue
         except SubscriberLagged as lag:
             server.note_lagged()
-            await sink.lagged(lag.resume_after, plan.run_id)
+            out.append(sink.lagged(lag.resume_after, plan.run_id))
+            await sink.send(out, final=True)
             return
         except RunNotFound:
             # Evicted or replaced between accepting the stream and subscribing.
-            await sink.end(None, server.end_reason(None))
-            return
-        await sink.end(record, server.end_reason(record))
+            record = None
+        out.append(sink.end(record, server.end_reason(record)))
+        await sink.send(out, final=True)
+        return
+
+
+async def _deliver(
+    subscription: ChatRunSubscription, sink: StreamSink[M], out: list[M], heartbeat: float
+) -> None:
+    """Send ``subscription``'s events until it ends; ``out`` holds what is not sent yet."""
+    deadline = trio.current_time() + heartbeat
+    try:
+        while True:
+            if not out:
+                with trio.CancelScope(deadline=deadline) as wait:
+                    out.append(sink.event(await subscription.__anext__()))
+                if wait.cancelled_caught:
+                    out.append(sink.ping())
+            # Events already queued come out of the subscription without a
+            # checkpoint, so nothing is pushed meanwhile and this count holds.
+            ready = subscription.record.latest_seq - subscription.last_seq
+            size = 0
+            for _ in range(min(ready, MAX_BATCH - len(out))):
+                message = sink.event(await subscription.__anext__())
+                out.append(message)
+                size += len(message)
+                if size >= MAX_BATCH_BYTES:
+                    break
+            await sink.send(out, final=False)
+            out.clear()
+            deadline = trio.current_time() + heartbeat
+    except StopAsyncIteration:
         return

@@ -1,14 +1,20 @@
-"""The WebSocket transport: ``WS /v1/chat/runs/{id}/ws?after=N&run_id=...``."""
+"""The WebSocket transport: ``WS /v1/chat/runs/{id}/ws?after=N&run_id=...``.
+
+As for SSE, the connection's own task writes the stream (:func:`~.streams.pump`,
+one message per event, encoded once per event by :mod:`.wire`) and one more
+task reads (and ignores) what the client sends, to notice it leaving.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 from starlette.websockets import WebSocket, WebSocketState
 
-from .sse import event_to_json, record_to_json, to_json
+from .sse import record_to_json, to_json
 from .streams import StreamPlan, StreamRefusal, cursor_from_request, pump, resolve_stream
+from .wire import ws_event
 
 if TYPE_CHECKING:
     from .. import ChatRunEvent, ChatRunRecord
@@ -25,52 +31,43 @@ WS_CLOSE_RESUME = 1013
 
 
 class _WSSink:
-    """Sends stream messages; ``send`` also serves the heartbeat task, so a lock
-    keeps one message from interleaving with another, and the heartbeat only
-    speaks after ``interval`` seconds without a message."""
+    """Stream messages as JSON text; :meth:`send` writes them one WebSocket
+    message each and, after the final batch, closes with the code the last
+    message called for."""
 
     def __init__(self, websocket: WebSocket) -> None:
         self._ws = websocket
-        self._lock = trio.Lock()
-        self.last_sent = trio.current_time()
+        self._close: tuple[int, str | None] = (WS_CLOSE_DONE, None)
 
-    async def send(
-        self, message: dict[str, Any], *, then_close: int | None = None, reason: str | None = None
-    ) -> None:
-        async with self._lock:
-            await self._ws.send_text(to_json(message))
-            self.last_sent = trio.current_time()
-            if then_close is not None:
-                # Under the same lock: no heartbeat can slip in before the close.
-                await self._ws.close(then_close, reason)
+    def event(self, event: ChatRunEvent) -> str:
+        return ws_event(event)
 
-    async def heartbeat(self, interval: float) -> None:
-        while True:
-            await trio.sleep_until(self.last_sent + interval)
-            if trio.current_time() >= self.last_sent + interval:
-                await self.send({"type": "ping"})
+    def gap(self, first: int, last: int, run_id: str) -> str:
+        return to_json({"type": "gap", "run_id": run_id, "from": first, "to": last})
 
-    async def event(self, event: ChatRunEvent) -> None:
-        await self.send({"type": "event", **event_to_json(event)})
+    def ping(self) -> str:
+        return _PING
 
-    async def gap(self, first: int, last: int, run_id: str) -> None:
-        await self.send({"type": "gap", "run_id": run_id, "from": first, "to": last})
-
-    async def end(self, record: ChatRunRecord | None, reason: str) -> None:
+    def end(self, record: ChatRunRecord | None, reason: str) -> str:
         data = None if record is None else record_to_json(record)
-        going_away = reason == "shutdown"
-        await self.send(
-            {"type": "end", "reason": reason, "record": data},
-            then_close=WS_CLOSE_GOING_AWAY if going_away else WS_CLOSE_DONE,
-            reason="server shutting down" if going_away else None,
-        )
+        if reason == "shutdown":
+            self._close = (WS_CLOSE_GOING_AWAY, "server shutting down")
+        else:
+            self._close = (WS_CLOSE_DONE, None)
+        return to_json({"type": "end", "reason": reason, "record": data})
 
-    async def lagged(self, resume_after: int, run_id: str) -> None:
-        await self.send(
-            {"type": "lagged", "run_id": run_id, "resume_after": resume_after},
-            then_close=WS_CLOSE_RESUME,
-            reason=f"lagged; resume after {resume_after}",
-        )
+    def lagged(self, resume_after: int, run_id: str) -> str:
+        self._close = (WS_CLOSE_RESUME, f"lagged; resume after {resume_after}")
+        return to_json({"type": "lagged", "run_id": run_id, "resume_after": resume_after})
+
+    async def send(self, messages: list[str], *, final: bool) -> None:
+        for text in messages:
+            await self._ws.send_text(text)
+        if final:
+            await self._ws.close(*self._close)
+
+
+_PING = to_json({"type": "ping"})
 
 
 async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
@@ -99,7 +96,8 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
         plan = resolve_stream(server, conversation_id, cursor, resumed)
     if isinstance(plan, StreamRefusal):
         if plan.status == 204:
-            await _WSSink(websocket).end(plan.record, server.end_reason(plan.record))
+            sink = _WSSink(websocket)
+            await sink.send([sink.end(plan.record, server.end_reason(plan.record))], final=True)
         else:
             await websocket.send_text(
                 to_json({"type": "error", "status": plan.status, "error": plan.message})
@@ -116,11 +114,10 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
                     pass  # client messages are ignored
                 nursery.cancel_scope.cancel()
 
-            sink = _WSSink(websocket)
             nursery.start_soon(watch_disconnect)
-            nursery.start_soon(sink.heartbeat, server.settings.heartbeat_interval)
             with drop_scope:
-                await pump(server, plan, sink)
+                # This task writes the stream; the heartbeat is pump's wait deadline.
+                await pump(server, plan, _WSSink(websocket))
             if (
                 drop_scope.cancelled_caught
                 and websocket.application_state != WebSocketState.DISCONNECTED
