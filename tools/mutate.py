@@ -143,7 +143,9 @@ def _summary(work: Path) -> dict[str, object]:
         stats.setdefault(status, 0)
     killed = stats["killed"] + stats["timeout"]
     # Not reached: no test calls the function, or this run did not test it (--only).
-    reached = sum(stats.values()) - stats["no tests"] - stats["not checked"] - stats.get("skipped", 0)
+    reached = (
+        sum(stats.values()) - stats["no tests"] - stats["not checked"] - stats.get("skipped", 0)
+    )
     return {
         "counts": stats,
         "killed_or_timeout": killed,
