@@ -95,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
         default=15.0,
         help='seconds of silence before a heartbeat (SSE \': ping\', WebSocket {"type": "ping"})',
     )
+    caps.add_argument(
+        "--sse-retry-ms",
+        type=int,
+        default=1000,
+        help="reconnection delay sent to EventSource clients (SSE 'retry:'), milliseconds",
+    )
 
     model = p.add_argument_group("model")
     model.add_argument(
@@ -176,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_interval=args.heartbeat,
             body_timeout=args.body_timeout,
             graceful_timeout=args.graceful_timeout,
+            sse_retry_ms=args.sse_retry_ms,
         )
         registry_config = RegistryConfig(
             max_events_per_run=args.max_events,
