@@ -319,3 +319,46 @@ async def test_closing_cancels_a_finishing_producer_that_no_deadline_would_stop(
         registry.try_start("c", producer)
         await trio.sleep(7)
     assert stopped_at == [start + 7]
+
+
+# -- what a failure leaves behind ------------------------------------------------------
+
+
+async def test_a_group_failure_is_described_leaf_by_leaf(autojump_clock):
+    """``last_error`` of a producer that raised a group: each leaf's
+    ``"Type: message"``, joined by ``"; "``."""
+
+    async def producer(run):
+        async def fails(error):
+            raise error
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fails, ValueError("bad tool output"))
+            nursery.start_soon(fails, KeyError("k"))
+
+    async with open_chat_run_registry() as registry:
+        record = await registry.try_start("c", producer).wait()
+    assert record.status is ChatRunStatus.FAILED
+    assert record.last_error in (
+        "ValueError: bad tool output; KeyError: 'k'",
+        "KeyError: 'k'; ValueError: bad tool output",
+    )
+
+
+async def test_a_failing_producer_is_logged_with_its_run_and_conversation(autojump_clock, caplog):
+    async def producer(run):
+        raise RuntimeError("model down")
+
+    async with open_chat_run_registry() as registry:
+        run = registry.try_start("conv-1", producer)
+        await run.wait()
+    (record,) = [r for r in caplog.records if r.name == "trio_chatruns"]
+    assert record.levelname == "ERROR"
+    assert record.getMessage() == f"producer of run {run.run_id} (conversation 'conv-1') raised"
+    assert isinstance(record.exc_info[1], RuntimeError)
+
+
+def test_run_terminated_names_a_plain_string_status_too():
+    """Errors rebuilt from their attributes (pickling) may hold the status as a str."""
+    assert str(RunTerminated("c", "r1", ChatRunStatus.FAILED)).endswith("(failed)")
+    assert str(RunTerminated("c", "r1", "failed")).endswith("(failed)")
