@@ -235,19 +235,23 @@ def main() -> int:
         only = args.only or GROUPS[name].get("mutants", [])
         print(f"== mutmut: {name} group in {work.relative_to(ROOT)}", flush=True)
         started = time.monotonic()
-        # mutmut's progress display is one long line per update: keep it out of logs.
-        run = subprocess.run(
-            ["mutmut", "run", "--max-children", str(args.max_children), *only],
-            cwd=work,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
+        # mutmut's progress display is one long line per update: into a file.
+        log = work / "mutmut-run.log"
+        with log.open("w") as output:
+            run = subprocess.run(
+                ["mutmut", "run", "--max-children", str(args.max_children), *only],
+                cwd=work,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         minutes = (time.monotonic() - started) / 60
         if run.returncode != 0:
-            print(run.stderr, file=sys.stderr)
-            print(f"mutmut run failed for {name} (exit {run.returncode})", file=sys.stderr)
+            tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-40:]
+            print("\n".join(tail), file=sys.stderr)
+            print(
+                f"mutmut run failed for {name} (exit {run.returncode}); see {log}", file=sys.stderr
+            )
             failed = True
             continue
         summary = {"group": name, "minutes": round(minutes, 1), **_summary(work)}
