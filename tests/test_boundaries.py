@@ -136,6 +136,15 @@ async def test_subscriber_lagged_carries_the_run_and_the_resume_point(autojump_c
         assert registry.stats().lagged_subscribers == 1
 
 
+async def test_reading_a_closed_subscription_says_so(autojump_clock):
+    async with open_chat_run_registry() as registry:
+        finished_run(registry, "c", frames=2)
+        async with registry.subscribe("c") as subscription:
+            assert (await subscription.__anext__()).seq == 1
+        with pytest.raises(trio.ClosedResourceError, match="^this subscription was closed$"):
+            await subscription.__anext__()
+
+
 # -- field type checks, through every method ----------------------------------------
 
 BAD_VALUES = [3, b"bytes", ["a"], ChatRunStatus]
@@ -166,9 +175,10 @@ async def test_a_non_str_field_is_a_type_error_and_changes_nothing(
         run.push_frame({"n": 0}, current_tool="search", error="e0")
         before = run.record
         for call in _calls(registry, run, method, field, value):
-            with pytest.raises(TypeError, match=field) as caught:
+            message = f"^{field} must be a str, None or UNSET, not "
+            with pytest.raises(TypeError, match=message) as caught:
                 call()
-            assert repr(value) in str(caught.value)
+            assert str(caught.value).endswith(repr(value))
             assert run.record == before
         assert registry.stats().frames_pushed == 1
 
