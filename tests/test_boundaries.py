@@ -141,7 +141,7 @@ async def test_reading_a_closed_subscription_says_so(autojump_clock):
         finished_run(registry, "c", frames=2)
         async with registry.subscribe("c") as subscription:
             assert (await subscription.__anext__()).seq == 1
-        with pytest.raises(trio.ClosedResourceError, match="^this subscription was closed$"):
+        with pytest.raises(trio.ClosedResourceError, match=r"^this subscription was closed$"):
             await subscription.__anext__()
 
 

@@ -36,6 +36,24 @@ FLAGS = [
 MODEL = ScriptedModel(tokens_per_second=40.0, reply_tokens=100, pause_tokens=2)
 
 
+class GatedModel:
+    """The scripted reply's tokens, held halfway until the test lets the run
+    finish: the cuts and the reload happen mid-reply however slow the machine
+    (a loaded one makes the browser lag the server by seconds)."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+
+    async def __call__(self, run, request):
+        tokens = scripted_reply(request.prompt, MODEL.reply_tokens)
+        for n, token in enumerate(tokens):
+            if n == len(tokens) // 2:
+                await self.release.wait()
+            run.push_frame({"type": "token", "text": token})
+            await trio.sleep(1 / MODEL.tokens_per_second)
+        run.push_frame({"type": "done", "finish_reason": "stop"})
+
+
 class DevTools:
     """A minimal Chrome DevTools Protocol client over trio-websocket (flat sessions)."""
 
@@ -123,7 +141,8 @@ async def page_state(devtools, session):
 
 
 async def test_page_survives_drops_and_reloads(start_server):
-    running = await start_server(model=MODEL, sse_retry_ms=100)
+    model = GatedModel()
+    running = await start_server(model=model, sse_retry_ms=100)
     user_data_dir = tempfile.mkdtemp(prefix="chatruns-chromium-")
     process = None
     try:
@@ -142,7 +161,7 @@ async def test_page_survives_drops_and_reloads(start_server):
                     )
                     devtools = DevTools(ws)
                     cdp.start_soon(devtools.reader)
-                    await run_scenario(running, devtools)
+                    await run_scenario(running, devtools, model)
                     cdp.cancel_scope.cancel()
             finally:
                 process.terminate()
@@ -169,7 +188,7 @@ async def open_tab(devtools, url):
     return session
 
 
-async def run_scenario(running, devtools):
+async def run_scenario(running, devtools, model):
     session = await open_tab(devtools, f"{running.url}/#c=browser-1")
     assert await evaluate(devtools, session, "chatState.conversationId") == "browser-1"
 
@@ -184,19 +203,16 @@ async def run_scenario(running, devtools):
     expected = "".join(scripted_reply(prompt, MODEL.reply_tokens))
     drops = 0
     second_tab = None
-    for fraction in (0.1, 0.25, 0.4):
-        # Early in the reply, and only while the run is still streaming: a cut
-        # after the end message would find no stream to cut on a slow machine.
+    for fraction in (0.15, 0.3, 0.45):  # the model holds the run at half the reply
         await wait_for(
-            devtools,
-            session,
-            f"!chatState.ended && chatState.text.length > {int(len(expected) * fraction)}",
+            devtools, session, f"chatState.text.length > {int(len(expected) * fraction)}"
         )
         drops += running.server.disconnect_streams()
         if second_tab is None:
             # A second tab on the same conversation joins mid-reply (and is cut too).
             second_tab = await open_tab(devtools, f"{running.url}/#c=browser-1")
     assert drops >= 3
+    model.release.set()
     for tab in (session, second_tab):
         await wait_for(devtools, tab, "chatState.ended && chatState.status === 'completed'")
         state = await page_state(devtools, tab)
@@ -211,6 +227,7 @@ async def run_scenario(running, devtools):
     # 2. A second run; reload the page mid-stream; it picks the run up again.
     prompt = "and now reload"
     first_run = state["runId"]
+    model.release = trio.Event()
     await evaluate(
         devtools,
         session,
@@ -230,6 +247,7 @@ async def run_scenario(running, devtools):
     record = running.server.registry.get("browser-1")
     assert record.run_id == run_id
     assert record.status.is_active, "the reload happened mid-stream"
+    model.release.set()
     await wait_for(devtools, session, "chatState.ended && chatState.status === 'completed'")
     state = await page_state(devtools, session)
     assert state["runId"] == run_id
