@@ -1,8 +1,9 @@
 """Mutation testing of the core and of the server's protocol modules, with mutmut 3.
 
 Run by ``nox -s mutate`` (``nox -s mutate -- core`` or ``-- server`` for one
-group; ``-- --quick`` keeps the work directory, so a re-run only re-tests the
-functions that changed since the last one). Not part of ``nox``'s default
+group; ``-- --quick`` keeps the work directory and the verdicts in it: it tests
+the mutants of functions changed since the last run, then re-tests the last
+run's survivors against the current tests). Not part of ``nox``'s default
 sessions: it takes minutes, not seconds (see ``docs/testing.md``).
 
 Each group is mutated in its own work directory, ``.mutmut/<group>/``, holding
@@ -244,14 +245,21 @@ def main() -> int:
         started = time.monotonic()
         # mutmut's progress display is one long line per update: into a file.
         log = work / "mutmut-run.log"
+        command = ["mutmut", "run", "--max-children", str(args.max_children)]
         with log.open("w") as output:
             run = subprocess.run(
-                ["mutmut", "run", "--max-children", str(args.max_children), *only],
-                cwd=work,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=env,
+                [*command, *only], cwd=work, stdout=output, stderr=subprocess.STDOUT, env=env
             )
+            survivors = _summary(work)["survivors"] if run.returncode == 0 and args.quick else []
+            if survivors:
+                # mutmut keeps earlier verdicts; survivors must meet the new tests.
+                run = subprocess.run(
+                    [*command, *survivors],
+                    cwd=work,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
         minutes = (time.monotonic() - started) / 60
         if run.returncode != 0:
             tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-40:]
