@@ -372,3 +372,12 @@ def test_run_terminated_names_a_plain_string_status_too():
     """Errors rebuilt from their attributes (pickling) may hold the status as a str."""
     assert str(RunTerminated("c", "r1", ChatRunStatus.FAILED)).endswith("(failed)")
     assert str(RunTerminated("c", "r1", "failed")).endswith("(failed)")
+
+
+def test_an_unknown_status_is_refused_with_the_valid_names():
+    with pytest.raises(ValueError) as caught:
+        ChatRunStatus.coerce("done")
+    assert str(caught.value) == (
+        "unknown status 'done'; expected one of 'running', 'waiting_approval', "
+        "'waiting_hitl', 'completed', 'failed', 'cancelled'"
+    )
