@@ -269,6 +269,25 @@ async def test_a_closing_server_refuses_new_streams_with_503(start_server):
     assert running.server.stats().streams_opened == 0
 
 
+async def test_begin_shutdown_interrupts_every_active_run_and_says_how_many(start_server):
+    running = await start_server(model=Waits())
+    registry = running.server.registry
+    async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+        for cid in ("a", "b", "done"):
+            (await client.post(f"/v1/chat/runs/{cid}", json={"prompt": "p"})).raise_for_status()
+        assert registry.interrupt("done")
+        with trio.fail_after(10):
+            async with registry.subscribe("done") as subscription:
+                async for _ in subscription:
+                    pass
+        assert running.server.begin_shutdown() == 2
+    for cid in ("a", "b"):
+        with trio.fail_after(10):
+            async with registry.subscribe(cid) as subscription:
+                frames = [event.frame async for event in subscription]
+        assert frames[-1] == {"type": "interrupted"}
+
+
 # -- the SSE retry -------------------------------------------------------------------
 
 
