@@ -203,9 +203,14 @@ async def run_scenario(running, devtools, model):
     expected = "".join(scripted_reply(prompt, MODEL.reply_tokens))
     drops = 0
     second_tab = None
-    for fraction in (0.15, 0.3, 0.45):  # the model holds the run at half the reply
+    # The model holds the run at half the reply. Each cut waits until the page
+    # has reconnected since the last one (a loaded browser may still be reading
+    # what the cut connection had delivered).
+    for cuts, fraction in enumerate((0.15, 0.3, 0.45)):
         await wait_for(
-            devtools, session, f"chatState.text.length > {int(len(expected) * fraction)}"
+            devtools,
+            session,
+            f"chatState.opens > {cuts} && chatState.text.length > {int(len(expected) * fraction)}",
         )
         drops += running.server.disconnect_streams()
         if second_tab is None:
