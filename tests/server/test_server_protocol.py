@@ -27,6 +27,7 @@ def test_sse_fields_in_order_and_an_empty_data_line():
         encode_sse("d", event="e", id="i", retry_ms=5) == b"event: e\nid: i\nretry: 5\ndata: d\n\n"
     )
     assert encode_sse("a\rb") == b"data: a\ndata: b\n\n"
+    assert encode_sse("x", id="RUN-X:1") == b"id: RUN-X:1\ndata: x\n\n"
     for bad in ("a\rb", "a\0b"):
         with pytest.raises(ValueError, match=r"^SSE id must not contain CR, LF or NUL"):
             encode_sse("x", id=bad)
