@@ -143,6 +143,21 @@ async def test_active_runs_cap_counts_only_active_runs(start_server):
         assert (await client.post("/v1/chat/runs/c", json={"prompt": "p"})).status_code == 202
 
 
+async def test_bad_ids_and_cursors_get_messages_naming_them(start_server):
+    running = await start_server(model=Waits())
+    async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+        (await client.post("/v1/chat/runs/a", json={"prompt": "p"})).raise_for_status()
+        bad_id = await client.get("/v1/chat/runs/a%21/stream")
+        assert (bad_id.status_code, bad_id.json()) == (400, {"error": "invalid conversation id"})
+        for path in ("events", "stream"):
+            response = await client.get(f"/v1/chat/runs/a/{path}", params={"after": "x"})
+            assert response.status_code == 400
+            assert response.json()["error"].startswith("after must be a non-negative integer")
+    messages, code = await read_ws(running, "/v1/chat/runs/a%21/ws")
+    assert code == 4400
+    assert messages == [{"type": "error", "status": 400, "error": "invalid conversation id"}]
+
+
 # -- stream slots ------------------------------------------------------------------
 
 
