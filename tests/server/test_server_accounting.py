@@ -158,6 +158,29 @@ async def test_bad_ids_and_cursors_get_messages_naming_them(start_server):
     assert messages == [{"type": "error", "status": 400, "error": "invalid conversation id"}]
 
 
+async def test_a_cursor_for_a_run_no_longer_held_or_fully_delivered_ends_at_once(start_server):
+    """204 on SSE; on WebSocket the ``end`` message (with the final record when it
+    is still known) and close 1000."""
+    running = await start_server(model=Waits())
+    async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+        gone = await client.get("/v1/chat/runs/gone/stream", params={"run_id": "r1"})
+        assert gone.status_code == 204
+        run_id = (await client.post("/v1/chat/runs/a", json={"prompt": "p"})).json()["run_id"]
+        assert (await client.post("/v1/chat/runs/a/interrupt")).status_code == 200
+        with trio.fail_after(10):
+            async with running.server.registry.subscribe("a") as subscription:
+                latest = [event.seq async for event in subscription][-1]
+    messages, code = await read_ws(running, "/v1/chat/runs/gone/ws?run_id=r1")
+    assert (messages, code) == ([{"type": "end", "record": None}], 1000)
+    messages, code = await read_ws(running, f"/v1/chat/runs/a/ws?run_id={run_id}&after={latest}")
+    assert code == 1000
+    assert [m["type"] for m in messages] == ["end"]
+    assert (messages[0]["record"]["run_id"], messages[0]["record"]["status"]) == (
+        run_id,
+        "cancelled",
+    )
+
+
 # -- stream slots ------------------------------------------------------------------
 
 
