@@ -77,5 +77,5 @@ def mutate(session: nox.Session) -> None:
 @nox.session(python="3.12")
 def bench(session: nox.Session) -> None:
     """The benchmarks; ``nox -s bench -- --quick`` for a short run."""
-    session.install("-e", ".")
+    session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)

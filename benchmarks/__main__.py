@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from . import churn, eviction, fanout, memory, replay
+from . import budget, churn, eviction, fanout, memory, replay, server
 from ._timing import clock_name, machine, use_cpu_clock
 
 WORKLOADS = {
@@ -21,6 +21,8 @@ WORKLOADS = {
     "eviction": eviction,
     "memory": memory,
     "churn": churn,
+    "budget": budget,
+    "server": server,
 }
 
 
@@ -43,9 +45,16 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
         cps = [k for k in m if k.isdigit()]
         x = m[cps[-1]] / m[cps[0]]
         out.append((f"memory {int(cps[-1]):,} / {int(cps[0]):,} <= 1.10x", f"{x:.3f}x", x <= 1.1))
+    if "budget" in res:
+        r = res["budget"]
+        for side, label in (("per_run", "max_bytes_per_run"), ("retained", "max_retained_bytes")):
+            x = r[side] / r["none"]
+            out.append((f"push with {label} <= 1.30x none", f"{x:.2f}x", x <= 1.3))
     if "churn_runs_per_s" in res:
         x = res["churn_runs_per_s"]
         out.append(("churn >= 20,000 runs/s", f"{x:,.0f}/s", x >= 20_000))
+    if "server" in res:
+        out.extend(server.targets(res["server"]))
     return out
 
 

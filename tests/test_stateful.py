@@ -1,11 +1,12 @@
 """Stateful property test of the registry against a plain Python model.
 
-A ``hypothesis.stateful.RuleBasedStateMachine`` drives random steps (start,
-push, status change, complete, fail, interrupt, subscribe, read, park a
-reader, disconnect, advance the clock) and checks, after every step, that the
-registry agrees with a model that knows exactly which runs are held, which
-frames each run buffers, what each subscriber will read next, and every
-counter of ``stats()``.
+A ``hypothesis.stateful.RuleBasedStateMachine`` drives random steps (start
+with a start policy, push, status change, complete, fail, interrupt,
+subscribe, read, park a reader, disconnect, advance the clock) and checks,
+after every step, that the registry agrees with a model that knows exactly
+which runs are held and queued, which frames each run buffers (by count and
+by bytes), what each subscriber will read next, which run-end hook calls were
+made (and which failed or timed out), and every counter of ``stats()``.
 
 How Trio is driven from a synchronous state machine: each example owns one
 Trio run, hosted in a background thread with a ``MockClock`` (rate 0, no
@@ -26,6 +27,11 @@ Why runs end the way they do: keyed status changes, bursts of pushes and the
 conversation a keyed call targets are weighted (``statuses``, ``bursts``,
 ``targets``) so runs live long enough for trimming (``ReplayGap``) and lag to
 happen; ``--hypothesis-show-statistics`` lists what the examples exercised.
+
+No rule has a precondition: a rule with nothing to act on falls back to
+another action (a start, a keyed call that must raise ``RunNotFound``), so
+Hypothesis discards (almost) no generated example; with preconditions it
+threw away a fifth of them.
 Hypothesis' own ``hypothesis-trio`` integration is not used (it is broken
 with current Hypothesis).
 """
@@ -33,6 +39,7 @@ with current Hypothesis).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import threading
 from collections import OrderedDict, deque
@@ -48,7 +55,6 @@ from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
-    precondition,
     rule,
 )
 
@@ -64,6 +70,7 @@ from trio_chatruns import (
     ReplayGap,
     RunAlreadyActive,
     RunNotFound,
+    RunQueueFull,
     RunTerminated,
     SubscriberLagged,
     open_chat_run_registry,
@@ -73,6 +80,7 @@ CIDS = ("c0", "c1", "c2", "c3")
 INTERRUPTED = {"type": "interrupted"}
 UNWIND = {"type": "unwind"}
 ACTIVE = (ChatRunStatus.RUNNING, ChatRunStatus.WAITING_APPROVAL, ChatRunStatus.WAITING_HITL)
+QUEUED = ChatRunStatus.QUEUED
 TERMINAL = (ChatRunStatus.COMPLETED, ChatRunStatus.FAILED, ChatRunStatus.CANCELLED)
 
 cids = st.sampled_from(CIDS)
@@ -97,15 +105,20 @@ indexes = st.integers(0, 15)
 class MRun:
     """What one run must look like, plus what its producer actually did."""
 
-    def __init__(self, cid: str, now: float, unwind: bool) -> None:
+    def __init__(self, cid: str, now: float, unwind: bool, status: ChatRunStatus) -> None:
         self.cid = cid
         self.handle: ChatRun | None = None
         self.run_id = ""
-        self.status = ChatRunStatus.RUNNING
+        self.status = status
         self.started_at = now
         self.updated_at = now
         self.terminated_at: float | None = None
         self.frames: list[Any] = []
+        # Size of every frame (compact JSON bytes); the oldest buffered seq and
+        # the bytes buffered, after trimming by count and by bytes.
+        self.sizes: list[int] = []
+        self.first_kept = 1
+        self.bytes = 0
         self.current_tool: str | None = None
         self.last_error: str | None = None
         # The producer pushes UNWIND while unwinding from an interrupt.
@@ -127,6 +140,7 @@ class MRun:
         self.live_subs: list[MSub] = []
         # Whether the run was active when the registry was closed.
         self.active_at_close = False
+        self.queued_at_close = False
 
     @property
     def latest_seq(self) -> int:
@@ -149,9 +163,12 @@ class MRun:
             last_error=self.last_error,
         )
 
-    def buffered_from(self, max_events: int) -> int:
+    def buffered_from(self) -> int:
         """The oldest buffered seq (``latest_seq + 1`` when nothing is buffered)."""
-        return self.latest_seq - min(self.latest_seq, max_events) + 1
+        return self.first_kept if self.frames else 1
+
+    def buffered_frames(self) -> list[Any]:
+        return self.frames[self.first_kept - 1 :]
 
 
 class MSub:
@@ -212,6 +229,31 @@ class Model:
         self.evicted_lru = 0
         self.lagged = 0
         self.frames_pushed = 0
+        self.evicted_bytes = 0
+        # Runs waiting behind each conversation's active current run.
+        self.queues: dict[str, deque[MRun]] = {}
+        self.closing = False
+        # The run-end hook: what each call must have seen, per conversation in
+        # the order the runs ended; which ones raise or hang (decided when the
+        # run ends, looked up by the real hook).
+        self.hook_plan: dict[str, str] = {}
+        self.hook_mode = "ok"
+        self.ends = 0
+        self.hook_pending: dict[str, deque[tuple[MRun, ChatRunRecord, list[Any]]]] = {}
+        self.hook_busy_until: dict[str, float] = {}
+        self.expected_hook_calls: dict[str, list[tuple[ChatRunRecord, list[Any]]]] = {}
+        self.run_end_failures = 0
+
+    @property
+    def queued_count(self) -> int:
+        return sum(len(queue) for queue in self.queues.values())
+
+    def buffered_bytes(self) -> int:
+        held = sum(run.bytes for run in self.held.values())
+        return held + sum(run.bytes for queue in self.queues.values() for run in queue)
+
+    def retained_bytes(self) -> int:
+        return sum(run.bytes for run in self.retention.values())
 
     def next_frame(self) -> dict[str, int]:
         self.frame_counter += 1
@@ -239,6 +281,13 @@ class Model:
             self.forget(oldest)
             self.evicted_lru += 1
             self.seen.append("evicted by LRU")
+            evicted += 1
+        budget = self.config.max_retained_bytes
+        while budget is not None and self.retention and self.retained_bytes() > budget:
+            _, oldest = self.retention.popitem(last=False)
+            self.forget(oldest)
+            self.evicted_bytes += 1
+            self.seen.append("evicted by bytes")
             evicted += 1
         self.reap_finishing()
         return evicted
@@ -291,6 +340,7 @@ class Model:
     ) -> int:
         assert run.is_active
         run.frames.append(frame)
+        self.measure(run, frame)
         seq = run.latest_seq
         run.updated_at = self.now
         if current_tool is not UNSET:
@@ -302,6 +352,22 @@ class Model:
         if status is not None:
             self.set_status(run, ChatRunStatus(status))
         return seq
+
+    def measure(self, run: MRun, frame: Any) -> None:
+        """Trim by count and, with a budget, by bytes: the longest run of
+        newest frames that fits both limits, at least the newest one."""
+        config = self.config
+        measured = config.max_bytes_per_run is not None or config.max_retained_bytes is not None
+        run.sizes.append(len(json.dumps(frame, separators=(",", ":"))) if measured else 0)
+        run.bytes += run.sizes[-1]
+        budget = config.max_bytes_per_run
+        while run.latest_seq - run.first_kept + 1 > config.max_events_per_run or (
+            budget is not None and run.bytes > budget and run.first_kept < run.latest_seq
+        ):
+            if budget is not None and run.bytes > budget:
+                self.seen.append("trimmed by bytes")
+            run.bytes -= run.sizes[run.first_kept - 1]
+            run.first_kept += 1
 
     def update(
         self, run: MRun, status: ChatRunStatus | str, current_tool: Any = UNSET, error: Any = UNSET
@@ -335,16 +401,85 @@ class Model:
                 msub.waiter_expected = ("stop",)
         self.subscribers -= len(run.live_subs)
         run.live_subs.clear()
+        self.schedule_hook(run)
         if self.held.get(run.cid) is run:
-            self.retention[run.cid] = run
+            queue = self.queues.get(run.cid)
+            if queue and not self.closing:
+                self.start_queued(queue)
+            else:
+                self.retention[run.cid] = run
             self.sweep()
+        else:
+            queue = self.queues[run.cid]
+            queue.remove(run)
+            if not queue:
+                del self.queues[run.cid]
+            self.seen.append("queued run ended before it started")
+
+    def start_queued(self, queue: deque[MRun]) -> None:
+        """The oldest queued run replaces the current one (not an eviction)."""
+        run = queue.popleft()
+        if not queue:
+            del self.queues[run.cid]
+        run.status = ChatRunStatus.RUNNING
+        run.updated_at = self.now
+        self.held[run.cid] = run
+        run.producer_started = True
+        run.producer_alive = True
+        self.seen.append("queued run started")
+
+    def enqueue(self, run: MRun) -> None:
+        self.queues.setdefault(run.cid, deque()).append(run)
+
+    # -- the run-end hook --
+
+    def schedule_hook(self, run: MRun) -> None:
+        self.ends += 1
+        plan = "ok"
+        if self.hook_mode != "ok" and self.ends % 3 == 0:
+            plan = self.hook_mode
+        self.hook_plan[run.run_id] = plan
+        buffered = run.buffered_frames()
+        # The call starts when the scheduler next runs: the step's settle,
+        # before its checks (``ChatRunMachine._check`` calls ``run_hooks``).
+        self.hook_pending.setdefault(run.cid, deque()).append((run, run.record(), buffered))
+
+    def run_hooks(self) -> None:
+        """Start (and, unless they hang, finish) the hook calls that are due,
+        one at a time per conversation; a hanging call ends at its timeout."""
+        for cid, queue in self.hook_pending.items():
+            while queue:
+                busy_until = self.hook_busy_until.get(cid)
+                if busy_until is not None:
+                    if self.now < busy_until:
+                        break
+                    del self.hook_busy_until[cid]
+                    queue.popleft()
+                    self.run_end_failures += 1
+                    self.seen.append("hook timed out")
+                    continue
+                run, record, buffered = queue[0]
+                self.expected_hook_calls.setdefault(cid, []).append((record, buffered))
+                plan = self.hook_plan[run.run_id]
+                if plan == "hang":
+                    self.hook_busy_until[cid] = self.now + self.config.run_end_timeout
+                    continue
+                if plan == "raise":
+                    self.run_end_failures += 1
+                    self.seen.append("hook raised")
+                queue.popleft()
 
     def interrupt(self, run: MRun) -> None:
         """An interrupt of an active run, as it looks once the scheduler settled."""
         assert run.is_active
-        self.seen.append(
-            "interrupted a running producer" if run.producer_started else "interrupted before start"
-        )
+        if run.status is QUEUED:
+            self.seen.append("interrupted a queued run")
+        else:
+            self.seen.append(
+                "interrupted a running producer"
+                if run.producer_started
+                else "interrupted before start"
+            )
         if run.producer_started:
             run.producer_alive = False
             if run.unwind:
@@ -458,7 +593,7 @@ class ChatRunMachine(RuleBasedStateMachine):
         self.token = trio.lowlevel.current_trio_token()
         self.stop = trio.Event()
         try:
-            async with open_chat_run_registry(self.config) as registry:
+            async with open_chat_run_registry(self.config, on_run_end=self._hook) as registry:
                 self.registry: ChatRunRegistry = registry
                 async with trio.open_nursery() as nursery:
                     self.test_nursery = nursery
@@ -467,28 +602,66 @@ class ChatRunMachine(RuleBasedStateMachine):
                     nursery.cancel_scope.cancel()
                 for run in self.model.all_runs:
                     run.active_at_close = run.is_active
+                    run.queued_at_close = run.status is QUEUED
+                # Hanging hooks must reach their timeout for closing to finish.
+                self.clock.autojump_threshold = 0
             if not self.failed:
                 await self._check_after_close()
         finally:
             for msub in self.model.subs:
                 await msub.cm.__aexit__(None, None, None)
 
+    async def _hook(self, record: ChatRunRecord, events: Any) -> None:
+        """The registry's ``on_run_end``: records the call, then raises or
+        hangs if the model planned so for this run."""
+        frames = [event.frame for event in events]
+        assert [event.seq for event in events] == list(
+            range(record.latest_seq - len(events) + 1, record.latest_seq + 1)
+        )
+        assert all(event.run_id == record.run_id for event in events)
+        self.hook_calls.setdefault(record.conversation_id, []).append((record, frames))
+        plan = self.model.hook_plan.get(record.run_id, "ok")
+        if plan == "raise":
+            raise RuntimeError(f"hook failed for {record.run_id}")
+        if plan == "hang":
+            await trio.sleep_forever()
+
     @initialize(
         max_events=st.integers(2, 8),
         subscriber_buffer=st.integers(1, 4),
         max_retained=st.sampled_from([2, 3, 1, 0]),
         retention=st.sampled_from([5.0, 30.0, 0.0, math.inf]),
+        max_queued=st.sampled_from([2, 1, 0]),
+        max_bytes=st.sampled_from([None, None, 40, 20]),
+        retained_bytes=st.sampled_from([None, None, 60, 0]),
+        hook_mode=st.sampled_from(["ok", "ok", "raise", "hang"]),
+        run_end_timeout=st.sampled_from([5.0, 30.0]),
     )
     def open_registry(
-        self, max_events: int, subscriber_buffer: int, max_retained: int, retention: float
+        self,
+        max_events: int,
+        subscriber_buffer: int,
+        max_retained: int,
+        retention: float,
+        max_queued: int,
+        max_bytes: int | None,
+        retained_bytes: int | None,
+        hook_mode: str,
+        run_end_timeout: float,
     ) -> None:
         self.config = RegistryConfig(
             max_events_per_run=max_events,
             terminal_retention=retention,
             max_retained_terminal=max_retained,
             subscriber_buffer=subscriber_buffer,
+            max_queued_per_conversation=max_queued,
+            max_bytes_per_run=max_bytes,
+            max_retained_bytes=retained_bytes,
+            run_end_timeout=run_end_timeout,
         )
         self.model = Model(self.config, self.seen)
+        self.model.hook_mode = hook_mode
+        self.hook_calls: dict[str, list[tuple[ChatRunRecord, list[Any]]]] = {}
         self.clock = trio.testing.MockClock()
         self.thread = threading.Thread(target=self._host_main, name="trio host", daemon=True)
         self.thread.start()
@@ -574,60 +747,91 @@ class ChatRunMachine(RuleBasedStateMachine):
         unwind=st.booleans(),
         pre_frames=st.integers(0, 2),
         interrupt_first=st.sampled_from([False, False, False, True]),
+        policy=st.sampled_from(["reject", "reject", "enqueue", "enqueue", "interrupt"]),
     )
-    def start(self, cid: str, unwind: bool, pre_frames: int, interrupt_first: bool) -> None:
-        self.step(self._start, cid, unwind, pre_frames, interrupt_first)
+    def start(
+        self, cid: str, unwind: bool, pre_frames: int, interrupt_first: bool, policy: str
+    ) -> None:
+        self.step(self._start, cid, unwind, pre_frames, interrupt_first, policy)
 
-    async def _start(self, cid: str, unwind: bool, pre_frames: int, interrupt_first: bool) -> None:
+    async def _start(
+        self, cid: str, unwind: bool, pre_frames: int, interrupt_first: bool, policy: str
+    ) -> None:
         m, registry = self.model, self.registry
         current = m.held.get(cid)
-        if current is not None and current.is_active:
-            before = registry.stats()
+        busy = current is not None and current.is_active
+        queue = m.queues.get(cid, ())
+        if busy and (
+            policy == "reject"
+            or (policy == "enqueue" and len(queue) >= self.config.max_queued_per_conversation)
+        ):
+            assert current is not None
+            before = registry.stats(), registry.queued(cid)
 
             async def never(run: ChatRun) -> None:  # pragma: no cover - must not run
                 raise AssertionError("a refused start ran its producer")
 
-            with pytest.raises(RunAlreadyActive) as info:
-                registry.try_start(cid, never)
-            assert info.value.run_id == current.run_id
-            assert registry.stats() == before
-            self.seen.append("start refused: already active")
+            expected = RunAlreadyActive if policy == "reject" else RunQueueFull
+            with pytest.raises(expected) as info:
+                registry.try_start(cid, never, if_active=policy)
+            if policy == "reject":
+                assert info.value.run_id == current.run_id
+            assert (registry.stats(), registry.queued(cid)) == before
+            self.seen.append(f"start refused: {expected.__name__}")
             return
         m.sweep()  # try_start sweeps first
-        mrun = MRun(cid, m.now, unwind)
-        handle = registry.try_start(cid, self._make_producer(mrun))
+        mrun = MRun(cid, m.now, unwind, QUEUED if busy else ChatRunStatus.RUNNING)
+        handle = registry.try_start(cid, self._make_producer(mrun), if_active=policy)
         mrun.handle = handle
         mrun.run_id = handle.run_id
         assert isinstance(handle.run_id, str)
         assert handle.run_id not in m.run_ids, "run_id reused"
         m.run_ids.add(handle.run_id)
         m.run_ids_by_cid[cid].append(handle.run_id)
-        if m.retention.pop(cid, None) is not None:  # a replaced terminal run is not an eviction
-            self.seen.append("restart replaced a retained terminal run")
-        m.held[cid] = mrun
         m.all_runs.append(mrun)
-        assert handle.record == mrun.record()
+        if busy:
+            assert current is not None
+            self.seen.append(f"start queued: {policy}")
+            if policy == "interrupt":
+                # The queue is cancelled first, then the active run interrupted;
+                # the new run starts once that run is terminal.
+                for waiting in list(queue):
+                    m.interrupt(waiting)
+                m.enqueue(mrun)
+                m.interrupt(current)
+            else:
+                assert handle.record == mrun.record()
+                m.enqueue(mrun)
+        else:
+            if m.retention.pop(cid, None) is not None:  # replaced, not an eviction
+                self.seen.append("restart replaced a retained terminal run")
+            m.held[cid] = mrun
+            assert handle.record == mrun.record()
         for _ in range(pre_frames):
             frame = m.next_frame()
             assert handle.push_frame(frame) == m.push(mrun, frame)
+        if busy and policy == "interrupt":
+            return  # started (in the model) or about to: no interrupt before start
         if interrupt_first:
-            # Before the producer got to run: it never will.
+            # Before the producer got to run (or while queued): it never will.
             assert handle.interrupt() is True
             m.interrupt(mrun)
             assert handle.record.status is ChatRunStatus.CANCELLED
-        else:
+        elif not busy:
             mrun.producer_started = True
             mrun.producer_alive = True
 
-    @precondition(lambda self: bool(self.alive_producers()))
     @rule(i=indexes, count=bursts, status=statuses)
     def producer_push(self, i: int, count: int, status: Any) -> None:
         """The producer pushes ``count`` frames through its handle, the last
-        one with ``status``."""
+        one with ``status`` (with no live producer: keyed pushes)."""
         self.step(self._producer_push, i, count, status)
 
     async def _producer_push(self, i: int, count: int, status: Any) -> None:
         m = self.model
+        if not self.alive_producers():
+            await self._keyed_push(("active", i, CIDS[i % len(CIDS)]), count, status, UNSET, UNSET)
+            return
         mrun = self.pick_producer(i)
         for n in range(1, count + 1):
             frame = m.next_frame()
@@ -639,13 +843,15 @@ class ChatRunMachine(RuleBasedStateMachine):
                 mrun.expected_results.append("terminated")
                 self.seen.append("push through a stale handle refused")
 
-    @precondition(lambda self: bool(self.alive_producers()))
     @rule(i=indexes, status=update_statuses)
     def producer_update(self, i: int, status: ChatRunStatus) -> None:
         self.step(self._producer_update, i, status)
 
     async def _producer_update(self, i: int, status: ChatRunStatus) -> None:
         m = self.model
+        if not self.alive_producers():
+            await self._keyed_update(("active", i, CIDS[i % len(CIDS)]), status, UNSET, UNSET)
+            return
         mrun = self.pick_producer(i)
         mrun.cmd_send.send_nowait(("update", status))
         if mrun.is_active:
@@ -655,7 +861,6 @@ class ChatRunMachine(RuleBasedStateMachine):
             mrun.expected_results.append("terminated")
             self.seen.append("push through a stale handle refused")
 
-    @precondition(lambda self: bool(self.model.held))
     @rule(
         how=st.sampled_from(["interrupt", "interrupt via handle", "return", "raise"]),
         conv=targets,
@@ -687,7 +892,6 @@ class ChatRunMachine(RuleBasedStateMachine):
                 m.update(mrun, ChatRunStatus.FAILED, error=f"RuntimeError: {error}")
                 self.seen.append("producer raised")
 
-    @precondition(lambda self: bool(self.model.held))
     @rule(
         conv=targets,
         count=bursts,
@@ -722,7 +926,6 @@ class ChatRunMachine(RuleBasedStateMachine):
             )
             assert seq == m.push(mrun, frame, status, current_tool, error)
 
-    @precondition(lambda self: bool(self.model.held))
     @rule(conv=targets, status=update_statuses, current_tool=optional_strs, error=optional_strs)
     def keyed_update(self, conv: Any, status: ChatRunStatus, current_tool: Any, error: Any) -> None:
         self.step(self._keyed_update, conv, status, current_tool, error)
@@ -765,11 +968,10 @@ class ChatRunMachine(RuleBasedStateMachine):
 
     # -- rules: subscribers ------------------------------------------------------------
 
-    @precondition(lambda self: bool(self.model.held))
     @rule(
         conv=targets,
         cursor=st.sampled_from(["zero", "latest", "mid", "trimmed", "past"]),
-        run_id=st.sampled_from(["none", "none", "current", "stale"]),
+        run_id=st.sampled_from(["none", "none", "current", "stale", "queued"]),
         pick=st.integers(0, 20),
     )
     def subscribe(self, conv: Any, cursor: str, run_id: str, pick: int) -> None:
@@ -780,8 +982,15 @@ class ChatRunMachine(RuleBasedStateMachine):
     async def _subscribe(self, cid: str, cursor: str, run_id_mode: str, pick: int) -> None:
         m = self.model
         mrun = m.lookup(cid)
+        queued = list(m.queues.get(cid, ()))
+        if run_id_mode == "queued":
+            if queued:  # a queued run, named by its run_id
+                mrun = queued[pick % len(queued)]
+                self.seen.append("subscribe to a queued run")
+            else:
+                run_id_mode = "none"
         latest = 0 if mrun is None else mrun.latest_seq
-        available_from = 1 if mrun is None else mrun.buffered_from(self.config.max_events_per_run)
+        available_from = 1 if mrun is None else mrun.buffered_from()
         after = {
             "zero": 0,
             "latest": latest,
@@ -790,10 +999,13 @@ class ChatRunMachine(RuleBasedStateMachine):
             "past": latest + 1 + pick % 3,
         }[cursor]
         run_id: str | None = None
-        if run_id_mode == "current":
+        if run_id_mode in ("current", "queued"):
             run_id = mrun.run_id if mrun is not None else "no-such-run"
         elif run_id_mode == "stale":
-            older = [r for r in m.run_ids_by_cid[cid] if mrun is None or r != mrun.run_id]
+            live_ids = {run.run_id for run in queued}
+            if mrun is not None:
+                live_ids.add(mrun.run_id)
+            older = [r for r in m.run_ids_by_cid[cid] if r not in live_ids]
             run_id = older[pick % len(older)] if older else "no-such-run"
 
         if mrun is None or (run_id is not None and run_id != mrun.run_id):
@@ -833,17 +1045,20 @@ class ChatRunMachine(RuleBasedStateMachine):
     def readable_subs(self) -> list[MSub]:
         return [msub for msub in self.model.subs if not msub.waiting]
 
-    @precondition(lambda self: bool(self.readable_subs()))
     @rule(i=indexes, n=st.integers(1, 6), park=st.booleans())
     def read_some(self, i: int, n: int, park: bool) -> None:
         """Read up to ``n`` events without waiting (each is checked against the
         model: event, end, lag, or "would block"). If it would block and
         ``park``, leave a reader task blocked in ``__anext__``: the next frame
-        is handed to it directly, or the end wakes it."""
+        is handed to it directly, or the end wakes it. With no reader that
+        can read: subscribe instead."""
         self.step(self._read_some, i, n, park)
 
     async def _read_some(self, i: int, n: int, park: bool) -> None:
         subs = self.readable_subs()
+        if not subs:
+            await self._subscribe(self.resolve(("held", i, CIDS[i % 4])), "zero", "none", i)
+            return
         msub = subs[i % len(subs)]
         for _ in range(n):
             expected = msub.next_outcome()
@@ -881,13 +1096,15 @@ class ChatRunMachine(RuleBasedStateMachine):
         await self.test_nursery.start(waiter)
         msub.waiting = True
 
-    @precondition(lambda self: bool(self.model.subs))
     @rule(i=indexes)
     def disconnect(self, i: int) -> None:
         self.step(self._disconnect, i)
 
     async def _disconnect(self, i: int) -> None:
         m = self.model
+        if not m.subs:
+            await self._subscribe(self.resolve(("active", i, CIDS[i % 4])), "latest", "queued", i)
+            return
         msub = m.subs[i % len(m.subs)]
         if msub.waiting:
             assert msub.waiter_scope is not None
@@ -959,13 +1176,22 @@ class ChatRunMachine(RuleBasedStateMachine):
         assert trio.current_time() == m.now
         self._collect_waiters()
         m.sweep()
+        m.run_hooks()
         self._check_stats(registry.stats())
         self._check_list(registry.list())
         active = registry.list(active_only=True)
-        assert {r.conversation_id: r for r in active} == {
-            cid: run.record() for cid, run in m.held.items() if run.is_active
+        assert {r.run_id: r for r in active} == {
+            run.run_id: run.record() for run in m.all_runs if run.is_active
         }
         assert len(active) == len([r for r in m.all_runs if r.is_active])  # never evicted
+        for cid in CIDS:
+            # One running run per conversation at most; the rest wait, in order.
+            running = [r for r in active if r.conversation_id == cid and r.status is not QUEUED]
+            assert len(running) <= 1
+            assert registry.queued(cid) == [run.record() for run in m.queues.get(cid, ())]
+        # Every hook call so far, per conversation in the order the runs ended,
+        # with the final record and what was still buffered.
+        assert self.hook_calls == m.expected_hook_calls
         for cid in CIDS:
             expected = m.held.get(cid)
             assert registry.get(cid) == (None if expected is None else expected.record())
@@ -1014,6 +1240,10 @@ class ChatRunMachine(RuleBasedStateMachine):
             evicted_lru=m.evicted_lru,
             lagged_subscribers=m.lagged,
             frames_pushed=m.frames_pushed,
+            queued=m.queued_count,
+            evicted_bytes=m.evicted_bytes,
+            run_end_failures=m.run_end_failures,
+            buffered_bytes=m.buffered_bytes() if self.config.measures_bytes else None,
         )
         assert stats.retained_terminal <= self.config.max_retained_terminal
         assert stats.subscribers == sum(len(run.live_subs) for run in m.all_runs)
@@ -1026,10 +1256,9 @@ class ChatRunMachine(RuleBasedStateMachine):
             # Nothing past its retention is ever shown.
             assert record.terminated_at is None or record.terminated_at + retention > now
         assert all(a.updated_at >= b.updated_at for a, b in itertools.pairwise(records))
-        assert len(records) == len(m.held)
-        assert {r.conversation_id: r for r in records} == {
-            cid: run.record() for cid, run in m.held.items()
-        }
+        held = [*m.held.values(), *(run for queue in m.queues.values() for run in queue)]
+        assert len(records) == len(held)
+        assert {r.run_id: r for r in records} == {run.run_id: run.record() for run in held}
 
     def _check_events(
         self, cid: str, events: list[ChatRunEvent], run: MRun | None, after: int = 0
@@ -1037,7 +1266,7 @@ class ChatRunMachine(RuleBasedStateMachine):
         if run is None:
             assert events == []
             return
-        start = max(after + 1, run.buffered_from(self.config.max_events_per_run))
+        start = max(after + 1, run.buffered_from())
         assert [e.seq for e in events] == list(range(start, run.latest_seq + 1))
         for ev in events:
             assert (ev.conversation_id, ev.run_id) == (cid, run.run_id)
@@ -1051,14 +1280,26 @@ class ChatRunMachine(RuleBasedStateMachine):
         assert registry.closed
         stats = registry.stats()
         assert stats.active == 0
+        assert stats.queued == 0
         assert stats.subscribers == 0
+        # Every run's hook was called exactly once before the registry closed,
+        # the runs the closing ended included.
+        hooked = [record.run_id for calls in self.hook_calls.values() for record, _ in calls]
+        assert len(hooked) == len(set(hooked))
+        assert set(hooked) == {run.run_id for run in m.all_runs}
         for run in m.all_runs:
             assert run.handle is not None
             record = run.handle.record
             # Every producer task exited before the registry block returned.
             assert run.exited == run.ran
             assert record.terminated_at is not None
-            if run.active_at_close:
+            if run.queued_at_close:
+                # Ended without running its producer.
+                assert not run.ran
+                assert record.status is ChatRunStatus.CANCELLED
+                assert record.terminated_at == m.now
+                assert record.latest_seq == run.latest_seq + 1
+            elif run.active_at_close:
                 assert record.status is ChatRunStatus.CANCELLED
                 assert record.terminated_at == m.now
                 extra = 2 if run.unwind and run.producer_started else 1

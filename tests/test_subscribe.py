@@ -245,15 +245,21 @@ async def test_a_subscription_never_follows_into_a_restarted_run(autojump_clock)
         second.interrupt()
 
 
-async def test_iterating_queued_events_does_not_checkpoint(autojump_clock):
+async def test_iterating_queued_events_is_a_cancel_point_but_not_a_schedule_point(
+    autojump_clock,
+):
     async with open_chat_run_registry() as registry:
         run = registry.try_start("c", park)
         for n in range(3):
             run.push_frame(n)
         async with registry.subscribe("c") as subscription:
             run.push_frame(3)
-            with trio.testing.assert_no_checkpoints():
-                assert [(await subscription.__anext__()).seq for _ in range(4)] == [1, 2, 3, 4]
+            task = trio.lowlevel.current_task()
+            before = task._schedule_points  # the counter Trio's own assert_checkpoints reads
+            cancel_points = task._cancel_points
+            assert [(await subscription.__anext__()).seq for _ in range(4)] == [1, 2, 3, 4]
+            assert task._schedule_points == before  # no scheduling round per event
+            assert task._cancel_points >= cancel_points + 4  # but each call is a cancel point
             with trio.testing.assert_checkpoints():
                 with trio.move_on_after(1):
                     await subscription.__anext__()
@@ -270,7 +276,7 @@ async def test_cancelled_waiting_subscriber_leaves_cleanly(autojump_clock):
         run.interrupt()
 
 
-async def test_a_cancelled_drain_stops_at_the_next_wait(autojump_clock):
+async def test_a_cancelled_drain_stops_at_once(autojump_clock):
     async with open_chat_run_registry() as registry:
         run = registry.try_start("c", park)
         async with registry.subscribe("c") as subscription:
@@ -279,10 +285,13 @@ async def test_a_cancelled_drain_stops_at_the_next_wait(autojump_clock):
             seen = []
             with trio.CancelScope() as scope:
                 scope.cancel()
-                async for event in subscription:  # queued frames come without a checkpoint
+                async for event in subscription:  # pragma: no cover - cancelled first
                     seen.append(event.seq)
             assert scope.cancelled_caught
-            assert seen == [1, 2, 3]  # documented: the cancel lands when it must wait
+            assert seen == []  # every __anext__ is a cancel point
+            assert subscription.last_seq == 0
+            # Nothing was consumed: the same subscription goes on from seq 1.
+            assert (await subscription.__anext__()).seq == 1
         run.interrupt()
 
 

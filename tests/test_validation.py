@@ -92,6 +92,7 @@ def test_exception_hierarchy():
 
 def test_status_is_a_json_friendly_str_enum():
     assert [s.value for s in ChatRunStatus] == [
+        "queued",
         "running",
         "waiting_approval",
         "waiting_hitl",
@@ -100,6 +101,7 @@ def test_status_is_a_json_friendly_str_enum():
         "cancelled",
     ]
     assert [s for s in ChatRunStatus if s.is_active] == [
+        ChatRunStatus.QUEUED,
         ChatRunStatus.RUNNING,
         ChatRunStatus.WAITING_APPROVAL,
         ChatRunStatus.WAITING_HITL,

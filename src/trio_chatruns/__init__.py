@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from ._config import (
     MAX_EVENTS_PER_RUN,
+    MAX_QUEUED_PER_CONVERSATION,
     MAX_RETAINED_TERMINAL,
+    RUN_END_TIMEOUT,
     SUBSCRIBER_BUFFER,
     TERMINAL_RETENTION,
     RegistryConfig,
@@ -22,13 +24,16 @@ from ._exceptions import (
     ReplayGap,
     RunAlreadyActive,
     RunNotFound,
+    RunQueueFull,
     RunTerminated,
     SubscriberLagged,
 )
+from ._frame_size import default_frame_size
 from ._records import ChatRunEvent, ChatRunRecord, RegistryStats
 from ._registry import ChatRunRegistry, open_chat_run_registry
 from ._run import ChatRun
-from ._status import ChatRunStatus
+from ._run_end import RunEndHook
+from ._status import ChatRunStatus, StartPolicy
 from ._subscription import ChatRunSubscription
 from ._util import UNSET
 
@@ -36,7 +41,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MAX_EVENTS_PER_RUN",
+    "MAX_QUEUED_PER_CONVERSATION",
     "MAX_RETAINED_TERMINAL",
+    "RUN_END_TIMEOUT",
     "SUBSCRIBER_BUFFER",
     "TERMINAL_RETENTION",
     "UNSET",
@@ -51,9 +58,13 @@ __all__ = [
     "RegistryStats",
     "ReplayGap",
     "RunAlreadyActive",
+    "RunEndHook",
     "RunNotFound",
+    "RunQueueFull",
     "RunTerminated",
+    "StartPolicy",
     "SubscriberLagged",
+    "default_frame_size",
     "open_chat_run_registry",
 ]
 

@@ -21,3 +21,8 @@ class Counters:
     evicted_lru: int = 0
     lagged_subscribers: int = 0
     frames_pushed: int = 0
+    queued: int = 0
+    evicted_bytes: int = 0
+    run_end_failures: int = 0
+    # Bytes in every held run's replay buffer; kept only while a budget is set.
+    buffered_bytes: int = 0

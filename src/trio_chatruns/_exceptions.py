@@ -13,6 +13,7 @@ __all__ = [
     "ReplayGap",
     "RunAlreadyActive",
     "RunNotFound",
+    "RunQueueFull",
     "RunTerminated",
     "SubscriberLagged",
 ]
@@ -47,6 +48,27 @@ class RunAlreadyActive(ChatRunError):
         super().__init__(f"conversation {conversation_id!r} already has an active run {run_id!r}")
         self.conversation_id = conversation_id
         self.run_id = run_id
+
+
+class RunQueueFull(ChatRunError):
+    """:meth:`ChatRunRegistry.try_start` with ``if_active="enqueue"`` found the
+    conversation's queue full (``RegistryConfig.max_queued_per_conversation``
+    runs already waiting); nothing changed.
+
+    Attributes:
+        conversation_id (str): the conversation asked for.
+        max_queued (int): the limit that was reached.
+    """
+
+    _args = ("conversation_id", "max_queued")
+
+    def __init__(self, conversation_id: str, max_queued: int) -> None:
+        super().__init__(
+            f"conversation {conversation_id!r} already has {max_queued} queued runs "
+            f"(max_queued_per_conversation={max_queued})"
+        )
+        self.conversation_id = conversation_id
+        self.max_queued = max_queued
 
 
 class RunNotFound(ChatRunError, LookupError):

@@ -17,7 +17,7 @@ from ._util import UNSET
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["Producer", "logger", "run_producer"]
+__all__ = ["Producer", "logger", "run_producer", "split_cancelled"]
 
 logger = logging.getLogger("trio_chatruns")
 
@@ -26,7 +26,7 @@ Producer = Callable[..., Awaitable[object]]
 :class:`ChatRun` handle."""
 
 
-def _split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+def split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
     """``(cancellation part, the rest)`` of an exception, either may be ``None``."""
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)
@@ -84,7 +84,7 @@ async def run_producer(
     except BaseException as exc:
         state.producer_running = False
         on_exit(state)
-        cancelled, error = _split_cancelled(exc)
+        cancelled, error = split_cancelled(exc)
         _end_run(state, interrupted=cancelled is not None, error=error)
         if error is not None and not isinstance(error, Exception):
             raise  # KeyboardInterrupt, SystemExit, ...: propagate as raised

@@ -69,12 +69,14 @@ class ChatRunRecord:
 class RegistryStats:
     """Counters of a :class:`ChatRunRegistry`, from :meth:`ChatRunRegistry.stats`.
 
-    The first three describe the registry now; the rest are totals since it
+    ``active``, ``retained_terminal``, ``subscribers``, ``queued`` and
+    ``buffered_bytes`` describe the registry now; the rest are totals since it
     was opened.
     """
 
     active: int
-    """Runs whose status is active (their producer may still push)."""
+    """Runs started and not yet terminal (one per conversation at most); queued
+    runs are not counted here but in ``queued``."""
     retained_terminal: int
     """Terminal runs still held for late reconnects (at most the LRU cap)."""
     subscribers: int
@@ -87,3 +89,13 @@ class RegistryStats:
     """Subscribers dropped because their channel was full (``SubscriberLagged``)."""
     frames_pushed: int
     """Frames accepted by every run's ``push_frame``."""
+    queued: int = 0
+    """Runs waiting now behind their conversation's running run (``queued``)."""
+    evicted_bytes: int = 0
+    """Terminal runs evicted, oldest first, to keep within ``max_retained_bytes``."""
+    run_end_failures: int = 0
+    """Calls of the ``on_run_end`` hook that raised or timed out."""
+    buffered_bytes: int | None = None
+    """Bytes in the replay buffers of every run held now (active, queued and
+    retained terminal), as ``frame_size`` measures them; ``None`` when no byte
+    budget is set (nothing is measured then)."""

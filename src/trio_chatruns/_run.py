@@ -1,8 +1,9 @@
 """A run: its shared state (the replay buffer, seq, status, live subscribers)
 and the :class:`ChatRun` handle that producers and callers hold.
 
-This is where a frame enters (:meth:`RunState.push_frame`) and the one place a
-run becomes terminal (:meth:`RunState.mark_terminal`).
+This is where a frame enters (:meth:`RunState.push_frame`, which also keeps
+the run's byte count when a budget is set) and the one place a run becomes
+terminal (:meth:`RunState.mark_terminal`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ._config import RegistryConfig
 from ._counters import Counters
 from ._exceptions import ReplayGap, RunTerminated
 from ._fanout import Fanout, Subscriber
+from ._frame_size import checked_size, default_frame_size
 from ._records import ChatRunEvent, ChatRunRecord
 from ._status import ChatRunStatus
 from ._subscription import ChatRunSubscription
@@ -39,6 +41,8 @@ class RunState:
 
     __slots__ = (
         "buffer",
+        "byte_budget",
+        "bytes",
         "cancel_scope",
         "config",
         "conversation_id",
@@ -49,10 +53,14 @@ class RunState:
         "interrupt_requested",
         "last_error",
         "latest_seq",
+        "measure",
+        "measure_trusted",
         "on_terminal",
+        "pending_start",
         "producer_running",
         "producer_started",
         "run_id",
+        "sizes",
         "started_at",
         "status",
         "terminated_at",
@@ -66,6 +74,7 @@ class RunState:
         config: RegistryConfig,
         counters: Counters,
         on_terminal: Callable[[RunState, trio.CancelScope | None], None],
+        status: ChatRunStatus = ChatRunStatus.RUNNING,
     ) -> None:
         now = trio.current_time()
         self.conversation_id = conversation_id
@@ -75,7 +84,10 @@ class RunState:
         # Called once, by mark_terminal, so the registry can index the run for
         # retention and sweep; gets the producer's scope if it is still running.
         self.on_terminal = on_terminal
-        self.status = ChatRunStatus.RUNNING
+        self.status = status
+        # (handle, producer, args) while the run is queued: what the registry
+        # starts when the runs before it have ended.
+        self.pending_start: tuple[Any, ...] | None = None
         self.started_at = now
         self.updated_at = now
         self.terminated_at: float | None = None
@@ -85,7 +97,22 @@ class RunState:
         # The replay buffer: the newest max_events_per_run frames, seqs contiguous.
         # A deque while the run is active, frozen into a tuple when it ends: an
         # empty deque alone is ~760 bytes, most of a small retained run.
-        self.buffer: Sequence[ChatRunEvent] = deque(maxlen=config.max_events_per_run)
+        self.buffer: Sequence[ChatRunEvent]
+        # With a byte budget, frames are measured (``measure``), their sizes
+        # kept in ``sizes`` alongside the buffer and summed in ``bytes``; with
+        # none, nothing is measured and the deque's maxlen trims by count.
+        self.bytes = 0
+        self.byte_budget = config.max_bytes_per_run
+        self.buffer = deque(maxlen=config.max_events_per_run)
+        if config.measures_bytes:
+            self.measure: Callable[[Any], int] | None = config.frame_size or default_frame_size
+            # Our own measure always returns an int >= 0: no need to check it.
+            self.measure_trusted = self.measure is default_frame_size
+            self.sizes: deque[int] | None = deque(maxlen=config.max_events_per_run)
+        else:
+            self.measure = None
+            self.measure_trusted = True
+            self.sizes = None
         self.fanout = Fanout(counters)
         # Entered by the producer task; None once the run is terminal, so a
         # finished run holds no reference to its task's scope.
@@ -126,28 +153,51 @@ class RunState:
         if self.terminated_at is not None:
             raise RunTerminated(self.conversation_id, self.run_id, self.status)
 
+    def _check_status(self, status: ChatRunStatus | str) -> ChatRunStatus:
+        """``status`` as a member, if this run may move to it."""
+        new_status = ChatRunStatus.coerce(status)
+        if new_status is ChatRunStatus.QUEUED:
+            raise ValueError(
+                f"status 'queued' is set by the registry only (run {self.run_id!r}, "
+                f"conversation {self.conversation_id!r})"
+            )
+        if self.status is ChatRunStatus.QUEUED and not new_status.is_terminal:
+            raise ValueError(
+                f"run {self.run_id!r} (conversation {self.conversation_id!r}) is queued; "
+                f"it becomes running when the registry starts it, not {new_status.value!r}"
+            )
+        return new_status
+
     def push_frame(
         self,
         frame: Any,
         status: ChatRunStatus | str | None = None,
         current_tool: str | Unset | None = UNSET,
         error: str | Unset | None = UNSET,
+        size: int | None = None,
     ) -> int:
         """Append a frame, fan it out, apply the field changes; return its seq.
 
-        Every argument is checked before anything changes.
+        Every argument is checked before anything changes. ``size``: the
+        frame's size if the caller measured it already.
         """
         self._check_writable()
         # The streaming case passes no status/tool/error: skip their checks.
-        new_status = None if status is None else ChatRunStatus.coerce(status)
+        new_status = None if status is None else self._check_status(status)
         if current_tool is not UNSET:
             check_optional_str("current_tool", current_tool)
         if error is not UNSET:
             check_optional_str("error", error)
+        measure = self.measure
+        # Measured before anything changes: a frame_size that raises refuses the push.
+        if measure is not None and size is None:
+            size = measure(frame) if self.measure_trusted else checked_size(measure, frame)
 
         seq = self.latest_seq + 1
         event = ChatRunEvent(self.conversation_id, self.run_id, seq, time.time(), frame)
         self.buffer.append(event)  # type: ignore[attr-defined]  # a deque while active
+        if measure is not None:
+            self._account(size)  # type: ignore[arg-type]  # measured above
         self.latest_seq = seq
         self.updated_at = trio.current_time()
         if current_tool is not UNSET:
@@ -168,7 +218,7 @@ class RunState:
     ) -> None:
         """Change the status and fields without a frame."""
         self._check_writable()
-        new_status = ChatRunStatus.coerce(status)
+        new_status = self._check_status(status)
         check_optional_str("current_tool", current_tool)
         check_optional_str("error", error)
 
@@ -178,6 +228,30 @@ class RunState:
         if error is not UNSET:
             self.last_error = error
         self._set_status(new_status)
+
+    def _account(self, size: int) -> None:
+        """Count the frame just appended (``size`` bytes), then drop the oldest
+        frames while the buffer holds more than ``max_bytes_per_run`` (the
+        newest frame apart).
+
+        ``sizes`` has the buffer's ``maxlen``: when the append trimmed the
+        oldest event by count, appending here drops its size in step.
+        """
+        sizes: deque[int] = self.sizes  # type: ignore[assignment]  # measuring
+        delta = size - sizes[0] if len(sizes) == sizes.maxlen else size
+        sizes.append(size)
+        total = self.bytes + delta
+        counters = self.counters
+        counters.buffered_bytes += delta
+        budget = self.byte_budget
+        if budget is not None and total > budget:
+            buffer: deque[ChatRunEvent] = self.buffer  # type: ignore[assignment]
+            while total > budget and len(buffer) > 1:
+                buffer.popleft()
+                dropped = sizes.popleft()
+                total -= dropped
+                counters.buffered_bytes -= dropped
+        self.bytes = total
 
     def _set_status(self, status: ChatRunStatus) -> None:
         if status.is_terminal:
@@ -212,6 +286,8 @@ class RunState:
         if finishing is not None:
             finishing.deadline = now + self.config.terminal_retention
         self.buffer = tuple(self.buffer)
+        self.sizes = None  # the total in ``bytes`` is all eviction needs now
+        self.pending_start = None
         self.fanout.close()
         if self.ended is not None:
             self.ended.set()
@@ -221,8 +297,9 @@ class RunState:
     def interrupt(self) -> bool:
         """Ask the producer to stop; ``False`` if the run is already terminal.
 
-        If the producer has not started yet it never will: the run ends
-        ``CANCELLED`` here and now. Otherwise its cancel scope is cancelled and
+        If the producer has not started yet (the run is queued, or was started
+        in this scheduling round) it never will: the run ends ``CANCELLED``
+        here and now. Otherwise its cancel scope is cancelled and
         the run ends ``CANCELLED`` when the producer exits
         (see ``run_producer`` in ``_producer.py``).
         """
@@ -237,9 +314,16 @@ class RunState:
 
     def end_cancelled(self, error: str | Unset | None = UNSET) -> None:
         """Push the ``{"type": "interrupted"}`` frame and end ``CANCELLED``."""
-        self.push_frame(
-            {"type": INTERRUPTED_FRAME_TYPE}, status=ChatRunStatus.CANCELLED, error=error
-        )
+        frame = {"type": INTERRUPTED_FRAME_TYPE}
+        size = None
+        if self.measure is not None:
+            # The run must end even if the application's frame_size fails on
+            # this frame of ours.
+            try:
+                size = checked_size(self.measure, frame)
+            except Exception:
+                size = default_frame_size(frame)
+        self.push_frame(frame, status=ChatRunStatus.CANCELLED, error=error, size=size)
 
     def subscribe(self, after: int) -> ChatRunSubscription:
         """Open a subscription replaying ``seq > after`` then following live.
@@ -334,10 +418,18 @@ class ChatRun(metaclass=NoPublicConstructor):
         Returns:
             int: the frame's seq.
 
+        A ``queued`` run accepts frames and a terminal status (which ends it
+        without running its producer), but no other status: it becomes
+        ``running`` only when the registry starts it.
+
         Raises:
             RunTerminated: the run is already terminal.
-            TypeError / ValueError: a bad ``status``, ``current_tool`` or
-                ``error``; nothing is pushed.
+            TypeError / ValueError: a bad ``status`` (``"queued"``, or an active
+                status while queued), ``current_tool`` or ``error``; nothing is
+                pushed.
+            Whatever ``RegistryConfig.frame_size`` raises, or ``TypeError`` /
+                ``ValueError`` if it returns no ``int >= 0`` (a byte budget
+                set); nothing is pushed.
         """
         return self._state.push_frame(frame, status, current_tool, error)
 
@@ -359,7 +451,8 @@ class ChatRun(metaclass=NoPublicConstructor):
 
         The run ends ``CANCELLED`` once the producer has exited; frames it pushes
         while unwinding are kept, followed by a last ``{"type": "interrupted"}``
-        frame. A run interrupted before its producer started never runs it.
+        frame. A run interrupted before its producer started (a ``queued`` run
+        included) ends ``CANCELLED`` at once and never runs it.
         """
         return self._state.interrupt()
 

@@ -1,22 +1,27 @@
-"""Run status: the three active states and the three terminal ones."""
+"""Run status (``queued``, three active states, three terminal ones) and the
+start policies that decide what a start does when its conversation is busy."""
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["ChatRunStatus"]
+__all__ = ["ChatRunStatus", "StartPolicy"]
 
 
 class ChatRunStatus(str, enum.Enum):
     """Where a run is in its lifecycle.
 
     A ``str`` enum, so a record holding one serialises with ``json.dumps`` as
-    its plain value (``"running"``). Active: ``running``, ``waiting_approval``,
-    ``waiting_hitl`` (the producer waits on a human). Terminal: ``completed``,
-    ``failed``, ``cancelled``. A run moves freely among the active states and
-    then, exactly once, to a terminal one.
+    its plain value (``"running"``). Active: ``queued`` (waiting behind the
+    conversation's running run; its producer has not started), ``running``,
+    ``waiting_approval``, ``waiting_hitl`` (the producer waits on a human).
+    Terminal: ``completed``, ``failed``, ``cancelled``. A run starts
+    ``queued`` or ``running``, leaves ``queued`` only when the registry starts
+    it (or ends it), moves freely among the other active states, and then,
+    exactly once, to a terminal one.
     """
 
+    QUEUED = "queued"
     RUNNING = "running"
     WAITING_APPROVAL = "waiting_approval"
     WAITING_HITL = "waiting_hitl"
@@ -29,7 +34,7 @@ class ChatRunStatus(str, enum.Enum):
 
     @property
     def is_active(self) -> bool:
-        """``True`` for ``running``, ``waiting_approval`` and ``waiting_hitl``."""
+        """``True`` for ``queued``, ``running``, ``waiting_approval`` and ``waiting_hitl``."""
         return self not in _TERMINAL
 
     @property
@@ -57,3 +62,43 @@ class ChatRunStatus(str, enum.Enum):
 
 
 _TERMINAL = frozenset({ChatRunStatus.COMPLETED, ChatRunStatus.FAILED, ChatRunStatus.CANCELLED})
+
+
+class StartPolicy(str, enum.Enum):
+    """What :meth:`~trio_chatruns.ChatRunRegistry.try_start` does when the
+    conversation already has an active run (with none, every policy starts
+    the run at once).
+
+    A ``str`` enum: ``try_start(..., if_active="enqueue")`` works as well.
+
+    - ``reject``: raise :class:`~trio_chatruns.RunAlreadyActive`; nothing changes.
+    - ``interrupt``: interrupt the active run, cancel the conversation's queued
+      runs, and queue the new run to start as soon as the interrupted run is
+      terminal ("stop and answer this instead").
+    - ``enqueue``: queue the new run behind the active run and the runs already
+      queued, first in, first out ("answer this next").
+    """
+
+    REJECT = "reject"
+    INTERRUPT = "interrupt"
+    ENQUEUE = "enqueue"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def coerce(cls, value: object) -> StartPolicy:
+        """Return ``value`` as a policy; accepts a member or its string value.
+
+        Raises:
+            ValueError: ``value`` is neither a ``StartPolicy`` nor the value of one.
+        """
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        names = ", ".join(repr(p.value) for p in cls)
+        raise ValueError(f"unknown start policy if_active={value!r}; expected one of {names}")

@@ -347,6 +347,7 @@ def test_the_sse_retry_option_reaches_the_settings(monkeypatch):
 
     def fake_run(main, model, settings, registry_config):
         seen.append(settings)
+        return 0  # the exit status serve would give
 
     monkeypatch.setattr(cli.trio, "run", fake_run)
     assert cli.main(["serve", "--sse-retry-ms", "2500"]) == 0

@@ -10,6 +10,7 @@ skipped with a reason when it is missing.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -259,3 +260,23 @@ async def run_scenario(running, devtools, model):
     assert state["text"] == expected
     assert state["dom"] == expected
     assert state["duplicates"] == 0
+
+    # 3. A server shutting down says so on the page, unlike an interrupt.
+    await evaluate(
+        devtools,
+        session,
+        "document.getElementById('prompt').value = 'and now shut down';"
+        "document.getElementById('send').click(); true",
+    )
+    await wait_for(
+        devtools, session, f"chatState.runId !== {json.dumps(run_id)} && chatState.text.length > 0"
+    )
+    running.server.begin_shutdown()
+    await wait_for(
+        devtools,
+        session,
+        "document.getElementById('connection').textContent === 'ended: the server shut down'",
+    )
+    shot = await devtools.call("Page.captureScreenshot", session)
+    screenshot = trio.Path(tempfile.gettempdir()) / "chatruns-page-shutdown.png"
+    await screenshot.write_bytes(base64.b64decode(shot["data"]))

@@ -45,6 +45,10 @@ async def busy(start_server):
         yield running, client
 
 
+JSON = {"content-type": "application/json"}
+"""Bodies sent with ``content=`` need it said (415 otherwise); httpx's ``json=`` says it."""
+
+
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status"),
     [
@@ -56,7 +60,7 @@ async def busy(start_server):
         ("POST", "/v1/chat/runs/a%21/interrupt", {}, 400),
         ("GET", "/v1/chat/runs/a%21/stream", {}, 400),
         # bodies
-        ("POST", "/v1/chat/runs/new", {"content": b"not json"}, 400),
+        ("POST", "/v1/chat/runs/new", {"content": b"not json", "headers": JSON}, 400),
         ("POST", "/v1/chat/runs/new", {"json": {"prompt": 3}}, 400),
         ("POST", "/v1/chat/runs/new", {"json": ["prompt"]}, 400),
         ("POST", "/v1/chat/runs/new", {"json": {"prompt": "   "}}, 400),
@@ -112,7 +116,7 @@ async def test_body_limit_without_content_length(busy):
         for _ in range(10):
             yield b"x" * 200
 
-    response = await client.post("/v1/chat/runs/new", content=chunks())
+    response = await client.post("/v1/chat/runs/new", content=chunks(), headers=JSON)
     assert response.status_code == 413
     assert running.server.registry.get("new") is None
 

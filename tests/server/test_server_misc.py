@@ -29,6 +29,7 @@ async def test_stats(server, client):
     assert stats["registry"]["active"] == 1
     assert stats["server"] == {
         "open_streams": 0, "streams_opened": 0, "streams_resumed": 0, "streams_dropped": 0,
+        "streams_lagged": 0, "run_failures": 0,
     }  # fmt: skip
 
 

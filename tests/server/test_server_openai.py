@@ -95,6 +95,13 @@ async def fake_openai(nursery):
         model = body["model"]
         if model == "http500":
             return JSONResponse({"error": {"message": "upstream exploded"}}, status_code=500)
+        if model == "hang":
+
+            async def silence():
+                yield 'data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n'
+                await trio.sleep_forever()
+
+            return StreamingResponse(silence(), media_type="text/event-stream")
 
         async def lines():
             for item in SCRIPTS[model]:
@@ -197,22 +204,40 @@ async def test_current_tool_is_visible_while_the_call_streams(start_server):
     assert seen_tool == ["lookup", None]
 
 
+def host_of(base_url):
+    return base_url.removeprefix("http://").split("/")[0]
+
+
 @pytest.mark.parametrize(
     ("name", "message", "partial_text"),
     [
-        ("http500", "endpoint returned HTTP 500: upstream exploded", ""),
-        ("stream-error", "endpoint error: model overloaded", "par"),
-        ("no-done", "the endpoint closed the stream before [DONE]", "cut short"),
-        ("garbage", "malformed chunk from endpoint: '{not json'", "x"),
+        ("http500", "answered HTTP 500: upstream exploded", ""),
+        ("stream-error", "reported an error: model overloaded", "par"),
+        ("no-done", "closed the stream before [DONE]", "cut short"),
+        ("garbage", "sent a malformed chunk (not JSON): '{not json'", "x"),
     ],
 )
 async def test_endpoint_errors_fail_the_run(start_server, fake_openai, name, message, partial_text):
     base_url, _ = fake_openai
     record, frames = await run_to_end(start_server, OpenAIChatModel(base_url=base_url, model=name))
+    message = f"{host_of(base_url)} {message}"  # status, endpoint host, short reason
     assert record["status"] == "failed"
-    assert record["last_error"] == message
-    assert frames[-1] == {"type": "error", "message": message}
+    assert record["last_error"] == f"EndpointError: {message}"
+    assert frames[-1] == {"type": "error", "error_type": "EndpointError", "message": message}
     assert text(frames) == partial_text
+
+
+async def test_a_hung_endpoint_fails_after_timeout_naming_it(start_server, fake_openai, caplog):
+    base_url, _ = fake_openai
+    model = OpenAIChatModel(base_url=base_url, model="hang", timeout=0.3)
+    record, frames = await run_to_end(start_server, model)
+    message = f"{host_of(base_url)} sent nothing for 0.3 s (read timeout, --timeout)"
+    assert record["last_error"] == f"EndpointError: {message}"
+    assert frames[-1]["message"] == message
+    assert text(frames) == "x"
+    [warning] = [r for r in caplog.records if "failed (endpoint_timeout)" in r.getMessage()]
+    assert warning.levelname == "WARNING"
+    assert "oa" in warning.getMessage() and record["run_id"] in warning.getMessage()
 
 
 @pytest.mark.parametrize(
@@ -232,10 +257,10 @@ async def test_chunks_of_the_wrong_shape_fail_the_run_with_an_error_frame(
     base_url, _ = fake_openai
     record, frames = await run_to_end(start_server, OpenAIChatModel(base_url=base_url, model=name))
     assert record["status"] == "failed"
-    message = record["last_error"]
-    assert message.startswith("malformed chunk from endpoint: ")
+    message = record["last_error"].removeprefix("EndpointError: ")
+    assert message.startswith(f"{host_of(base_url)} sent a malformed chunk: ")
     assert detail in message
-    assert frames[-1] == {"type": "error", "message": message}
+    assert frames[-1] == {"type": "error", "error_type": "EndpointError", "message": message}
     assert text(frames) == "x"
 
 
@@ -254,4 +279,4 @@ async def test_unreachable_endpoint_fails_the_run(start_server):
         start_server, OpenAIChatModel(base_url="http://127.0.0.1:9/v1", model="m")
     )
     assert record["status"] == "failed"
-    assert record["last_error"].startswith("ConnectError")
+    assert record["last_error"].startswith("EndpointError: cannot connect to 127.0.0.1:9 (")

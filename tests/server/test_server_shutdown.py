@@ -72,11 +72,13 @@ async def test_shutdown_ends_every_stream_and_returns(sse):
     end = results["sse"][-1]
     assert end.event == "end"
     assert end.json()["status"] == "cancelled"
+    assert end.json()["reason"] == "shutdown"  # not a user's interrupt
     sse_frames = [m.json()["frame"] for m in results["sse"] if m.event == "message"]
     assert sse_frames[-1] == {"type": "interrupted"}
     messages, code = results["ws"]
-    assert code == 1000
+    assert code == 1001  # going away
     assert messages[-1]["type"] == "end"
+    assert messages[-1]["reason"] == "shutdown"
     assert messages[-1]["record"]["status"] == "cancelled"
 
 

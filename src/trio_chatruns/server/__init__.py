@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .app import ChatServer, ServerStats
 from .config import ServerSettings
+from .failures import ModelFailure
 from .producers import ChatModel, ChatRequest, OpenAIChatModel, ScriptedModel, load_model
 from .runner import RunningServer, serve
 
@@ -30,6 +31,7 @@ __all__ = [
     "ChatModel",
     "ChatRequest",
     "ChatServer",
+    "ModelFailure",
     "OpenAIChatModel",
     "RunningServer",
     "ScriptedModel",

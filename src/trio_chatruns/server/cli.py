@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from importlib import metadata
 
 import trio
 
@@ -25,21 +26,52 @@ from .. import (
     RegistryConfig,
 )
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+from .envopts import ENV_PREFIX, apply_environment
 from .producers import ChatModel, OpenAIChatModel, ScriptedModel, load_model
 from .runner import RunningServer, only_leaf, serve, shutdown_deadline
 
-__all__ = ["LOG_LEVELS", "build_model", "main", "parser"]
+__all__ = ["LOG_LEVELS", "build_model", "main", "parser", "serve_parser"]
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
+_DESCRIPTION = (
+    "trio-chatruns: resumable streaming of LLM chat runs for Trio. 'trio-chatruns serve' "
+    "runs the chat server on embedded defaults (the scripted model, 127.0.0.1:8000)."
+)
+_SERVE_EPILOG = (
+    f"Every option can also be set from an environment variable: {ENV_PREFIX} followed by "
+    f"the option's name in upper case with '_' for '-' (--max-events 50 is "
+    f"{ENV_PREFIX}MAX_EVENTS=50; flags take 1/0, true/false, yes/no, on/off). "
+    "The command line wins over the environment. See docs/server.md."
+)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("trio-chatruns")
+    except metadata.PackageNotFoundError:  # pragma: no cover - not installed
+        return "unknown"
+
+
+def serve_parser(root: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``serve`` subcommand's parser within ``root`` (made by :func:`parser`)."""
+    for action in root._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices["serve"]  # type: ignore[no-any-return]
+    raise LookupError("no serve subcommand")  # pragma: no cover
+
+
 def parser() -> argparse.ArgumentParser:
-    """The argument parser of ``trio-chatruns``."""
-    root = argparse.ArgumentParser(prog="trio-chatruns", description=__doc__.split("\n\n")[0])
+    """The argument parser of ``trio-chatruns`` (plain-text help, no markup)."""
+    root = argparse.ArgumentParser(prog="trio-chatruns", description=_DESCRIPTION)
+    root.add_argument("--version", action="version", version=f"trio-chatruns {_version()}")
     commands = root.add_subparsers(dest="command", required=True)
     p = commands.add_parser(
         "serve",
         help="run the chat server (HTTP API, SSE/WebSocket streams, browser page)",
+        description="Run the chat server: HTTP API, SSE and WebSocket streams, browser page.",
+        epilog=_SERVE_EPILOG,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     net = p.add_argument_group("network")
@@ -47,6 +79,15 @@ def parser() -> argparse.ArgumentParser:
     net.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free)")
     net.add_argument(
         "--graceful-timeout", type=float, default=5.0, help="seconds to drain on shutdown"
+    )
+    net.add_argument(
+        "--send-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a write to a client may take before its connection is closed",
+    )
+    net.add_argument(
+        "--backlog", type=int, default=2048, help="connections queued before they are accepted"
     )
 
     reg = p.add_argument_group("retention")
@@ -124,6 +165,49 @@ def parser() -> argparse.ArgumentParser:
         "--system-prompt", default=None, help="system message for the openai producer"
     )
     model.add_argument("--tokens-per-second", type=float, default=30.0, help="scripted model rate")
+    model.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds the openai producer waits to connect, and for each read, before the "
+        "run fails (the error names the endpoint and this option)",
+    )
+    ops = p.add_argument_group("operations")
+    ops.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="do not log every request (logger trio_chatruns.access, INFO)",
+    )
+    ops.add_argument(
+        "--expose-errors",
+        action="store_true",
+        help="send clients the whole text of a model's exception (otherwise they get its "
+        "type and a summary, and the whole text goes to the log only)",
+    )
+    sec = p.add_argument_group("security (see docs/server.md, Security)")
+    sec.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1/... and /metrics; also read from "
+        "TRIO_CHATRUNS_API_KEY (prefer it: other users can read a command line). Without one, "
+        "a non-loopback --host gets a generated key, logged in the page URL",
+    )
+    sec.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept requests (and CORS reads) from this web origin, e.g. "
+        "http://localhost:3000; repeatable",
+    )
+    sec.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also answer for this Host: NAME (any port), NAME:PORT, or '*' for any "
+        "(turns off the DNS-rebinding check); repeatable",
+    )
     p.add_argument(
         "--log-level",
         default="INFO",
@@ -154,6 +238,7 @@ def build_model(args: argparse.Namespace) -> ChatModel:
             model=args.model,
             api_key=os.environ.get(args.api_key_env) or None,
             system_prompt=args.system_prompt,
+            timeout=args.timeout,
         )
     if ":" in args.producer:
         # As uvicorn and hypercorn do for 'module:app': the console script's
@@ -167,7 +252,9 @@ def build_model(args: argparse.Namespace) -> ChatModel:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trio-chatruns``; returns the exit status."""
-    args = parser().parse_args(argv)
+    root = parser()
+    apply_environment(serve_parser(root), os.environ)
+    args = root.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -182,6 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_interval=args.heartbeat,
             body_timeout=args.body_timeout,
             graceful_timeout=args.graceful_timeout,
+            send_timeout=args.send_timeout,
+            backlog=args.backlog,
+            access_log=not args.no_access_log,
+            expose_errors=args.expose_errors,
+            api_key=args.api_key or os.environ.get("TRIO_CHATRUNS_API_KEY") or None,
+            allowed_hosts=tuple(args.allowed_host),
+            allowed_origins=tuple(args.allow_origin),
             sse_retry_ms=args.sse_retry_ms,
         )
         registry_config = RegistryConfig(
@@ -194,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trio-chatruns: error: {exc}", file=sys.stderr)
         return 2
     try:
-        trio.run(_main, model, settings, registry_config)
+        status = trio.run(_main, model, settings, registry_config)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
@@ -209,13 +303,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return status
 
 
-async def _main(
-    model: ChatModel, settings: ServerSettings, registry_config: RegistryConfig
-) -> None:
+def _fatal_status(exc: BaseException | None) -> int:
+    """The exit status after a model raised ``exc`` (``None``: no such thing, 0)."""
+    if exc is None:
+        return 0
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else 1
+    return 130  # KeyboardInterrupt, as for a Ctrl+C
+
+
+async def _main(model: ChatModel, settings: ServerSettings, registry_config: RegistryConfig) -> int:
     hard_exit: threading.Timer | None = None
+    running: RunningServer | None = None
     try:
         async with trio.open_nursery() as nursery:
 
@@ -223,7 +325,7 @@ async def _main(
                 await serve(model, settings, registry_config, task_status=task_status)
                 nursery.cancel_scope.cancel()
 
-            running: RunningServer = await nursery.start(run_server)
+            running = await nursery.start(run_server)
             print(
                 f"trio-chatruns: serving on {running.url} — open it in a browser; Ctrl+C stops",
                 file=sys.stderr,
@@ -239,6 +341,7 @@ async def _main(
     finally:
         if hard_exit is not None:
             hard_exit.cancel()
+    return _fatal_status(running.server.fatal_exception if running is not None else None)
 
 
 def _hard_exit(delay: float) -> None:

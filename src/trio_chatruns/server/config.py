@@ -15,6 +15,8 @@ from typing import Any
 import attrs
 from attrs import validators as v
 
+from .hosts import normalize_origin, parse_allowed_host
+
 __all__ = [
     "CONVERSATION_ID_PATTERN",
     "DEFAULT_HOST",
@@ -34,6 +36,32 @@ CONVERSATION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 def valid_conversation_id(value: str) -> bool:
     """Return ``True`` if ``value`` is an acceptable conversation id."""
     return CONVERSATION_ID_PATTERN.fullmatch(value) is not None
+
+
+_API_KEY = re.compile(r"[\x21-\x7e]{1,512}")
+
+
+def _check_api_key(instance: Any, attribute: Any, value: str | None) -> None:
+    # It travels in an Authorization header: visible ASCII, no spaces.
+    if value is not None and (not isinstance(value, str) or _API_KEY.fullmatch(value) is None):
+        raise ValueError("api_key must be 1-512 visible ASCII characters (no spaces)")
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+        raise TypeError(f"expected a sequence of strings, not {value!r}")
+    return tuple(value)
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    hosts = _strings(value)
+    for host in hosts:
+        parse_allowed_host(host)  # raises ValueError naming it
+    return hosts
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    return tuple(normalize_origin(o) for o in _strings(value))  # raises ValueError naming it
 
 
 _pos_int: Any = [v.instance_of(int), v.ge(1)]
@@ -68,6 +96,28 @@ class ServerSettings:
             messages every ``heartbeat_interval`` of silence instead.
         graceful_timeout (float): seconds hypercorn waits for open connections
             to finish after shutdown starts, before cancelling them.
+        send_timeout (float): seconds one write to a client's socket may take;
+            a client that reads nothing for that long (its receive window
+            full) has its connection closed, which releases its stream, its
+            subscription and its stream slot.
+        backlog (int): the listen backlog: connections the kernel queues
+            before the server accepts them, so thousands of ``EventSource``
+            clients reconnecting at once after a restart are not reset.
+        access_log (bool): log every request at INFO to the
+            ``trio_chatruns.access`` logger (``--no-access-log`` turns it off).
+        expose_errors (bool): send clients the whole text of a model's
+            exception (``--expose-errors``); off by default: clients get the
+            type and a generic message, the log gets the rest.
+        api_key (str | None): when set, every ``/v1`` and ``/metrics`` request
+            needs ``Authorization: Bearer <api_key>`` (401 otherwise; see
+            :mod:`trio_chatruns.server.auth`). Not shown in ``repr``.
+        allowed_hosts (tuple[str, ...]): more ``Host`` values to accept besides
+            the bound address (and the loopback names when it is loopback):
+            ``name``, ``name:port``, ``[v6]:port``, or ``*`` for any; see
+            :mod:`trio_chatruns.server.cross_site`.
+        allowed_origins (tuple[str, ...]): more ``Origin`` values to accept
+            besides the server's own (``http(s)://host[:port]``), stored
+            normalized; cross-origin reads from them are allowed through CORS.
     """
 
     host: str = attrs.field(default=DEFAULT_HOST, validator=v.instance_of(str))
@@ -85,3 +135,10 @@ class ServerSettings:
         default=None, validator=v.optional(_pos_float)
     )
     graceful_timeout: float = attrs.field(default=5.0, validator=_pos_float)
+    send_timeout: float = attrs.field(default=30.0, validator=_pos_float)
+    backlog: int = attrs.field(default=2048, validator=_pos_int)
+    access_log: bool = attrs.field(default=True, validator=v.instance_of(bool))
+    expose_errors: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    api_key: str | None = attrs.field(default=None, validator=_check_api_key, repr=False)
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_hosts)
+    allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)

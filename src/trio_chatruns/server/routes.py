@@ -9,7 +9,6 @@ synchronous registry call, a JSON answer. The streaming routes live in
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -23,9 +22,10 @@ from starlette.routing import Route
 from .. import RunAlreadyActive
 from .config import valid_conversation_id
 from .producers import ChatRequest, make_producer
-from .sse import JSONResponse, event_to_json, parse_seq, record_to_json
+from .sse import JSONResponse, event_to_json, record_to_json
 from .sse_stream import RETRY_AFTER_SECONDS, SSEStream
-from .streams import cursor_from_request
+from .streams import StreamRefusal, check_cursor, cursor_from_request
+from .strict_json import loads_strict
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -67,14 +67,6 @@ def _conversation_id(request: Request) -> str:
     if not valid_conversation_id(conversation_id):
         raise ApiError(400, "invalid conversation id: 1-128 characters of [A-Za-z0-9._:-]")
     return conversation_id
-
-
-def _after(request: Request) -> int:
-    text = request.query_params.get("after", "")
-    try:
-        return parse_seq(text) if text else 0
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
 
 
 async def _read_body(server: ChatServer, request: Request) -> bytes:
@@ -122,9 +114,9 @@ async def start_run(request: Request) -> Response:
     conversation_id = _conversation_id(request)
     body = await _read_body(server, request)
     try:
-        payload: Any = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ApiError(400, 'body must be JSON: {"prompt": "..."}') from None
+        payload: Any = loads_strict(body)
+    except ValueError as exc:
+        raise ApiError(400, f'{exc}; expected {{"prompt": "..."}}') from None
     prompt = payload.get("prompt") if isinstance(payload, dict) else None
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, 'body must be a JSON object with a non-empty string "prompt"')
@@ -144,7 +136,7 @@ async def start_run(request: Request) -> Response:
         raise ApiError(409, f"conversation {conversation_id!r} already has an active run")
     if registry.stats().active >= server.settings.max_active_runs:
         raise too_many("too many active runs; try again later")
-    producer = make_producer(server.model, ChatRequest(conversation_id, prompt))
+    producer = make_producer(server.model, ChatRequest(conversation_id, prompt), server)
     try:
         run = registry.try_start(conversation_id, producer)
     except RunAlreadyActive:
@@ -173,26 +165,38 @@ async def get_run(request: Request) -> Response:
 
 
 async def run_events(request: Request) -> Response:
-    """``GET .../events?after=N`` → ``{"run_id", "latest_seq", "events": [...]}``.
+    """``GET .../events?after=N&run_id=R``: the buffered events after a cursor, as JSON.
 
-    404 for no run; 400 for ``after`` past the run's ``latest_seq``, as the
-    stream answers (a cursor from another run would silently read nothing).
+    Answers ``{"run_id", "status", "latest_seq", "events", "gap"}``.
+
+    The cursor (``run_id`` and ``after``, or a ``Last-Event-ID`` header) gets
+    the answers the stream gives it (:func:`~.streams.check_cursor`): ``404``
+    no run, ``204`` a run that is over (another ``run_id``, or a resumed
+    cursor at its end), ``400`` a malformed cursor or one past ``latest_seq``.
+    ``gap`` is ``{"from", "to"}`` when the frames after ``after`` were trimmed
+    (``events`` then starts at ``to + 1``), else ``null``.
     """
     conversation_id = _conversation_id(request)
-    after = _after(request)
+    try:
+        cursor, resumed = cursor_from_request(request.headers, request.query_params)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
     registry = _server(request).registry
-    record = registry.get(conversation_id)
-    if record is None:
-        raise ApiError(404, f"no run for conversation {conversation_id!r}")
-    if after > record.latest_seq:
-        raise ApiError(400, f"after {after} is past the run's latest seq {record.latest_seq}")
-    events = registry.events(conversation_id, after=after)
+    record = check_cursor(registry, conversation_id, cursor, resumed)
+    if isinstance(record, StreamRefusal):
+        if record.status == 204:
+            return Response(status_code=204)
+        raise ApiError(record.status, record.message)
+    events = registry.events(conversation_id, after=cursor.after)
+    first = events[0].seq if events else record.latest_seq + 1
+    gap = {"from": cursor.after + 1, "to": first - 1} if first > cursor.after + 1 else None
     return JSONResponse(
         {
             "run_id": record.run_id,
             "status": record.status.value,
             "latest_seq": record.latest_seq,
             "events": [event_to_json(e) for e in events],
+            "gap": gap,
         }
     )
 

@@ -42,7 +42,10 @@ from hypercorn.config import Config as HypercornConfig
 
 from .. import RegistryConfig, open_chat_run_registry
 from .app import ChatServer
+from .auth import ensure_api_key, log_exposure
 from .config import ServerSettings
+from .connections import WriteDeadlines, install
+from .producers import describe_model
 
 if TYPE_CHECKING:
     from .. import ChatRunRegistry
@@ -111,13 +114,21 @@ def only_leaf(exc: BaseException, kind: type[BaseException]) -> BaseException | 
     return exc if isinstance(exc, kind) else None
 
 
+WEBSOCKET_MAX_MESSAGE_BYTES = 4096
+"""Largest WebSocket message a client may send (the server ignores them all);
+hypercorn's default, 16 MiB, would let each client make the server buffer that much."""
+
+
 class _HypercornConfig(HypercornConfig):
     """Hypercorn's config, creating its TCP sockets without leaking one that fails to bind.
 
     Hypercorn 0.18 leaves the socket of a failed ``bind`` (address in use) to
     the garbage collector: a ``ResourceWarning``. ``ServerSettings`` only ever
-    binds ``host:port`` over TCP, which is all this handles.
+    binds ``host:port`` over TCP, which is all this handles. It also carries
+    the server's :class:`~.connections.WriteDeadlines` to its connections.
     """
+
+    write_deadlines: WriteDeadlines | None = None
 
     def _create_sockets(
         self, binds: list[str], type_: int = socket.SOCK_STREAM
@@ -142,8 +153,13 @@ class _HypercornConfig(HypercornConfig):
         return sockets
 
 
-def hypercorn_config(settings: ServerSettings) -> HypercornConfig:
-    """The hypercorn configuration for ``settings`` (bind, timeouts, pings).
+def hypercorn_config(settings: ServerSettings) -> _HypercornConfig:
+    """The hypercorn configuration for ``settings`` (bind, timeouts, pings, backlog).
+
+    Every socket write gets ``settings.send_timeout`` (see
+    :mod:`~.connections`: hypercorn shields its writes, so only a deadline
+    inside that shield can end one); client WebSocket messages are capped at
+    :data:`WEBSOCKET_MAX_MESSAGE_BYTES`.
 
     Hypercorn's ``read_timeout`` is left off on purpose: it bounds every read
     of a connection, so it would also cut SSE streams, where the client sends
@@ -156,6 +172,10 @@ def hypercorn_config(settings: ServerSettings) -> HypercornConfig:
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.graceful_timeout
     config.websocket_ping_interval = settings.websocket_ping_interval
+    config.backlog = settings.backlog
+    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
+    install()
+    config.write_deadlines = WriteDeadlines(settings.send_timeout)
     config.accesslog = None
     # A plain logger: hypercorn adds no handler of its own, so the application's
     # logging configuration decides where its messages go.
@@ -183,14 +203,18 @@ async def serve(
         handle_signals: shut down gracefully on SIGINT/SIGTERM (a second one
             stops at once). Only possible in the main thread.
 
+    Bound to a non-loopback address without ``settings.api_key``, the server
+    makes a random key and logs the page URL carrying it (see
+    :func:`trio_chatruns.server.auth.ensure_api_key`); the running server's
+    ``server.settings.api_key`` holds it.
+
     Raises:
         OSError: the address cannot be bound (the error itself, not wrapped
             in an exception group).
     """
+    settings, generated_key = ensure_api_key(settings or ServerSettings())
     try:
-        await _serve(
-            model, settings or ServerSettings(), registry_config, handle_signals, task_status
-        )
+        await _serve(model, settings, registry_config, handle_signals, task_status, generated_key)
     except BaseExceptionGroup as group:
         os_error = only_leaf(group, OSError)
         if os_error is None:
@@ -204,14 +228,17 @@ async def _serve(
     registry_config: RegistryConfig | None,
     handle_signals: bool,
     task_status: trio.TaskStatus[RunningServer],
+    generated_key: bool = False,
 ) -> None:
     config = hypercorn_config(settings)
+    deadlines = config.write_deadlines
+    assert deadlines is not None
     stop = trio.Event()
     registry: ChatRunRegistry | None = None
     async with trio.open_nursery() as guard:
         guard.start_soon(_shutdown_watchdog, stop, settings, lambda: registry)
         async with open_chat_run_registry(registry_config) as registry:
-            server = ChatServer(registry, model, settings)
+            server = ChatServer(registry, model, settings, on_shutdown_request=stop.set)
 
             async def shutdown_trigger() -> None:
                 await stop.wait()
@@ -219,6 +246,10 @@ async def _serve(
                 with trio.move_on_after(settings.graceful_timeout / 2):
                     await server.wait_streams_closed()
                 server.disconnect_streams()
+                # A stream whose client stopped reading is stuck in a shielded
+                # write (see .connections): close those connections now, and
+                # any write still blocked half-way through hypercorn's drain.
+                deadlines.cut(grace=settings.graceful_timeout / 2)
 
             async with trio.open_nursery() as nursery:
 
@@ -232,10 +263,46 @@ async def _serve(
                     nursery.cancel_scope.cancel()  # stop the signal watcher
 
                 if handle_signals:
-                    nursery.start_soon(_watch_signals, stop, nursery.cancel_scope)
+                    nursery.start_soon(_watch_signals, stop, nursery.cancel_scope, deadlines)
                 urls = await nursery.start(run_hypercorn)
+                _log_startup(urls, model, settings, registry.config)
+                log_exposure(settings, urls, generated_key)
                 task_status.started(RunningServer(server, urls, _stop=stop))
         guard.cancel_scope.cancel()  # the registry closed: the watchdog has nothing to say
+    stats = server.stats()
+    logger.info(
+        "shutdown complete: %d run(s) interrupted by the shutdown, %d stream(s) cut "
+        "since start, %d run(s) failed since start",
+        len(server.shutdown_runs),
+        stats.streams_dropped,
+        stats.run_failures,
+    )
+
+
+def _log_startup(
+    urls: list[str], model: ChatModel, settings: ServerSettings, config: RegistryConfig
+) -> None:
+    """One INFO line naming the address, the model and its endpoint, and the limits."""
+    logger.info(
+        "listening on %s; model: %s; limits: max_active_runs=%d max_subscribers_per_run=%d "
+        "max_body_bytes=%d max_prompt_chars=%d body_timeout=%gs heartbeat=%gs "
+        "max_events_per_run=%d terminal_retention=%gs max_retained_terminal=%d "
+        "subscriber_buffer=%d; access log %s; errors to clients %s",
+        ", ".join(urls),
+        describe_model(model),
+        settings.max_active_runs,
+        settings.max_subscribers_per_run,
+        settings.max_body_bytes,
+        settings.max_prompt_chars,
+        settings.body_timeout,
+        settings.heartbeat_interval,
+        config.max_events_per_run,
+        config.terminal_retention,
+        config.max_retained_terminal,
+        config.subscriber_buffer,
+        "on" if settings.access_log else "off",
+        "in full (--expose-errors)" if settings.expose_errors else "as type and summary",
+    )
 
 
 async def _shutdown_watchdog(
@@ -255,10 +322,15 @@ async def _shutdown_watchdog(
     )
 
 
-async def _watch_signals(stop: trio.Event, hard_stop: trio.CancelScope) -> None:
+async def _watch_signals(
+    stop: trio.Event, hard_stop: trio.CancelScope, deadlines: WriteDeadlines
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             if stop.is_set():
-                hard_stop.cancel()  # a second signal: stop now
+                # A second signal: stop now, including writes to clients that
+                # do not read (hypercorn shields them from cancellation).
+                deadlines.cut()
+                hard_stop.cancel()
                 return
             stop.set()

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse as _StarletteJSONResponse
 
 from .. import ChatRunEvent, ChatRunRecord
 from .config import CONVERSATION_ID_PATTERN
+from .wallclock import iso_from_trio, iso_from_unix
 
 __all__ = [
     "MAX_SEQ_DIGITS",
@@ -205,15 +206,34 @@ class JSONResponse(_StarletteJSONResponse):
 
 
 def record_to_json(record: ChatRunRecord) -> dict[str, Any]:
-    """Return ``record`` as a JSON-ready dict (status as its string value)."""
+    """Return ``record`` as a JSON-ready dict (status as its string value).
+
+    ``started_at``, ``updated_at`` and ``terminated_at`` (Trio-clock seconds
+    in the registry) become ISO 8601 UTC wall-clock strings (see
+    :mod:`.wallclock`); ``terminated_at`` stays ``None`` while the run is
+    active. Must be called inside ``trio.run``.
+    """
     data = attrs.asdict(record)
     data["status"] = record.status.value
+    for name in ("started_at", "updated_at", "terminated_at"):
+        if data.get(name) is not None:
+            data[name] = iso_from_trio(data[name])
     return data
 
 
 def event_to_json(event: ChatRunEvent) -> dict[str, Any]:
-    """Return ``event`` as a JSON-ready dict; the frame is passed through as is."""
-    return attrs.asdict(event, recurse=False)
+    """Return ``event`` as a JSON-ready dict; the frame is passed through as is.
+
+    ``timestamp`` (Unix seconds in the registry) becomes an ISO 8601 UTC string.
+    """
+    # Spelled out rather than attrs.asdict: this runs once per event on the hot path.
+    return {
+        "conversation_id": event.conversation_id,
+        "run_id": event.run_id,
+        "seq": event.seq,
+        "timestamp": iso_from_unix(event.timestamp),
+        "frame": event.frame,
+    }
 
 
 def _field_lines(name: str, value: str) -> list[str]:

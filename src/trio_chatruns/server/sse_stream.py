@@ -1,11 +1,12 @@
 """The SSE transport: ``GET /v1/chat/runs/{id}/stream`` as an ASGI callable.
 
 A plain ASGI callable, not an async generator behind ``StreamingResponse``:
-one task writes to the socket (and sends a heartbeat comment when idle), one
-watches for ``http.disconnect``, and :func:`~.streams.pump` feeds the writer
-through an unbuffered channel, so a slow client pushes back on the pump (and
-from there shows up as lag in the registry) without ever blocking the
-producer. No generator is left for the garbage collector to finalize.
+the request's own task writes the response (:func:`~.streams.pump` sends
+whatever events are ready as one body chunk, and a heartbeat comment when
+idle), and one more task watches for ``http.disconnect``. A slow client
+pushes back on that task (and from there shows up as lag in the registry)
+without ever blocking the producer. No generator is left for the garbage
+collector to finalize.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from .sse import (
     JSONResponse,
     encode_comment,
     encode_sse,
-    event_to_json,
     format_cursor,
     record_to_json,
     to_json,
 )
 from .streams import StreamRefusal, pump, resolve_stream
+from .wire import sse_event
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -41,29 +42,46 @@ RETRY_AFTER_SECONDS = 1
 
 
 class _SSESink:
-    def __init__(self, channel: trio.MemorySendChannel[bytes]) -> None:
-        self._channel = channel
+    """SSE messages as bytes; :meth:`send` writes a batch as one body chunk."""
 
-    async def event(self, event: ChatRunEvent) -> None:
-        await self._channel.send(
-            encode_sse(to_json(event_to_json(event)), id=format_cursor(event.run_id, event.seq))
+    def __init__(self, send: Send, retry_ms: int) -> None:
+        self._send = send
+        # Sent inside the first message's block: a block holding only
+        # ``retry:`` is an event with empty data to some clients (httpx-sse).
+        self._retry: bytes | None = b"retry: %d\n" % retry_ms
+
+    def event(self, event: ChatRunEvent) -> bytes:
+        return sse_event(event)
+
+    def gap(self, first: int, last: int, run_id: str) -> bytes:
+        return encode_sse(to_json({"run_id": run_id, "from": first, "to": last}), event="gap")
+
+    def ping(self) -> bytes:
+        return _PING
+
+    def end(self, record: ChatRunRecord | None, reason: str) -> bytes:
+        data = (
+            {"reason": reason} if record is None else {**record_to_json(record), "reason": reason}
         )
-
-    async def gap(self, first: int, last: int, run_id: str) -> None:
-        data = {"run_id": run_id, "from": first, "to": last}
-        await self._channel.send(encode_sse(to_json(data), event="gap"))
-
-    async def end(self, record: ChatRunRecord | None) -> None:
-        data = None if record is None else record_to_json(record)
         event_id = None if record is None else format_cursor(record.run_id, record.latest_seq)
-        await self._channel.send(encode_sse(to_json(data), event="end", id=event_id))
+        return encode_sse(to_json(data), event="end", id=event_id)
 
-    async def lagged(self, resume_after: int, run_id: str) -> None:
+    def lagged(self, resume_after: int, run_id: str) -> bytes:
         # The id makes EventSource's Last-Event-ID exactly the resume point.
         data = {"run_id": run_id, "resume_after": resume_after}
-        await self._channel.send(
-            encode_sse(to_json(data), event="lagged", id=format_cursor(run_id, resume_after))
-        )
+        return encode_sse(to_json(data), event="lagged", id=format_cursor(run_id, resume_after))
+
+    async def send(self, messages: list[bytes], *, final: bool) -> None:
+        # Even the final batch keeps the body open: the body is ended outside
+        # the nursery, since ending it makes hypercorn report a disconnect,
+        # whose watcher would otherwise cancel this task inside hypercorn.
+        body = b"".join(messages)
+        if self._retry is not None and messages[0] is not _PING:
+            body, self._retry = self._retry + body, None
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+_PING = encode_comment("ping")
 
 
 SSE_HEADERS = [
@@ -82,11 +100,12 @@ class SSEStream:
     ``EventSource`` from reconnecting). Otherwise ``200`` and a
     ``text/event-stream`` body:
 
-    - ``retry: <ms>`` first;
+    - ``retry: <ms>`` in the first message's block;
     - one unnamed (``message``) event per frame, ``id: <run_id>:<seq>``, data
       the event as JSON;
     - ``event: gap`` (data ``{"run_id", "from", "to"}``) when frames were trimmed;
-    - ``event: end`` (data the final record) when the run is over; then EOF;
+    - ``event: end`` (data the final record with a ``reason``, see
+      :meth:`ChatServer.end_reason`) when the run is over; then EOF;
     - ``event: lagged`` (data ``{"run_id", "resume_after"}``) then EOF for a slow
       client, which reconnects by itself;
     - ``: ping`` comments after ``heartbeat_interval`` seconds of silence.
@@ -109,11 +128,10 @@ class SSEStream:
             )
             await response(scope, receive, send)
             return
-        settings = server.settings
+        sink = _SSESink(send, server.settings.sse_retry_ms)
         disconnected = False
         with server.track_stream(plan) as drop_scope:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            send_channel, receive_channel = trio.open_memory_channel[bytes](0)
             async with trio.open_nursery() as nursery:
 
                 async def watch_disconnect() -> None:
@@ -123,26 +141,10 @@ class SSEStream:
                     disconnected = True
                     nursery.cancel_scope.cancel()
 
-                async def write() -> None:
-                    async with receive_channel:
-                        while True:
-                            chunk = None
-                            with trio.move_on_after(settings.heartbeat_interval):
-                                try:
-                                    chunk = await receive_channel.receive()
-                                except trio.EndOfChannel:
-                                    break
-                            body = encode_comment("ping") if chunk is None else chunk
-                            await send(
-                                {"type": "http.response.body", "body": body, "more_body": True}
-                            )
-                    nursery.cancel_scope.cancel()  # done: stop watching for a disconnect
-
                 nursery.start_soon(watch_disconnect)
-                nursery.start_soon(write)
-                async with send_channel:
-                    await send_channel.send(encode_sse(retry_ms=settings.sse_retry_ms))
-                    with drop_scope:
-                        await pump(server, plan, _SSESink(send_channel))
+                with drop_scope:
+                    # This task writes the response: pump sends each batch itself.
+                    await pump(server, plan, sink)
+                nursery.cancel_scope.cancel()  # done: stop watching for a disconnect
         if not disconnected:
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -2,7 +2,8 @@
 
 Both transports (:mod:`.sse_stream`, :mod:`.ws_stream`) resolve the client's
 cursor with :func:`resolve_stream` and then run one loop, :func:`pump`, over
-``registry.subscribe``:
+``registry.subscribe``, in the task that writes the response (events are
+encoded by :mod:`.wire`, once per event):
 
 - replay from the client's cursor, then live events, each sent with its
   ``<run_id>:<seq>`` cursor;
@@ -20,21 +21,26 @@ rely on.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
+import trio
 
 from .. import ChatRunEvent, ChatRunRecord, ReplayGap, RunNotFound, SubscriberLagged
 from .config import valid_conversation_id
 from .sse import Cursor, parse_cursor, parse_run_id, parse_seq
 
 if TYPE_CHECKING:
+    from .. import ChatRunRegistry, ChatRunSubscription
     from .app import ChatServer
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_BATCH_BYTES",
     "StreamPlan",
     "StreamRefusal",
     "StreamSink",
+    "check_cursor",
     "cursor_from_request",
     "pump",
     "resolve_stream",
@@ -95,6 +101,34 @@ def cursor_from_request(headers: Any, query: Any) -> tuple[Cursor, bool]:
     return Cursor(run_id=run_id, after=after), bool(after or run_id)
 
 
+def check_cursor(
+    registry: ChatRunRegistry, conversation_id: str, cursor: Cursor, resumed: bool
+) -> ChatRunRecord | StreamRefusal:
+    """The answer to ``cursor`` on ``conversation_id``: the run's record, or a refusal.
+
+    The rules shared by the streams and ``GET .../events`` (``docs/server.md``,
+    "What the server answers to a cursor"): ``404`` no run and no run id;
+    ``204`` a run id that is not the current run (it is over), or a resumed
+    cursor at the end of a terminal run (its record attached); ``400`` a seq
+    past the run's ``latest_seq``. Synchronous, no checkpoint.
+    """
+    record = registry.get(conversation_id)
+    if record is None:
+        if cursor.run_id is not None:
+            return StreamRefusal(204, "run is over and no longer retained")
+        return StreamRefusal(404, f"no run for conversation {conversation_id!r}")
+    if cursor.run_id is not None and cursor.run_id != record.run_id:
+        # Only a terminal run is ever replaced, so the run the client followed is over.
+        return StreamRefusal(204, "run is over; the conversation has a newer run")
+    if cursor.after > record.latest_seq:
+        return StreamRefusal(
+            400, f"cursor {cursor.after} is past the run's latest seq {record.latest_seq}"
+        )
+    if record.status.is_terminal and resumed and cursor.after >= record.latest_seq:
+        return StreamRefusal(204, "run is over and every frame was delivered", record)
+    return record
+
+
 def resolve_stream(
     server: ChatServer, conversation_id: str, cursor: Cursor, resumed: bool
 ) -> StreamPlan | StreamRefusal:
@@ -109,60 +143,111 @@ def resolve_stream(
         return StreamRefusal(400, "invalid conversation id")
     if server.closing:
         return StreamRefusal(503, "server is shutting down")
-    record = server.registry.get(conversation_id)
-    if record is None:
-        if cursor.run_id is not None:
-            return StreamRefusal(204, "run is over and no longer retained")
-        return StreamRefusal(404, f"no run for conversation {conversation_id!r}")
-    if cursor.run_id is not None and cursor.run_id != record.run_id:
-        # Only a terminal run is ever replaced, so the run the client followed is over.
-        return StreamRefusal(204, "run is over; the conversation has a newer run")
-    if cursor.after > record.latest_seq:
-        return StreamRefusal(
-            400, f"cursor {cursor.after} is past the run's latest seq {record.latest_seq}"
-        )
-    if record.status.is_terminal and resumed and cursor.after >= record.latest_seq:
-        return StreamRefusal(204, "run is over and every frame was delivered", record)
+    record = check_cursor(server.registry, conversation_id, cursor, resumed)
+    if isinstance(record, StreamRefusal):
+        return record
     if server.subscriber_count(record.run_id) >= server.settings.max_subscribers_per_run:
         return StreamRefusal(429, "too many streams open for this run")
     return StreamPlan(conversation_id, record.run_id, cursor.after, record, resumed)
 
 
-class StreamSink(Protocol):
-    """Where :func:`pump` delivers a stream; one implementation per transport."""
+M = TypeVar("M", bytes, str)
 
-    async def event(self, event: ChatRunEvent) -> None: ...
-    async def gap(self, first: int, last: int, run_id: str) -> None: ...
-    async def end(self, record: ChatRunRecord | None) -> None: ...
-    async def lagged(self, resume_after: int, run_id: str) -> None: ...
+MAX_BATCH = 512
+"""Most messages a stream sends in one write."""
+MAX_BATCH_BYTES = 256 * 1024
+"""A write stops taking more messages past this size (large frames)."""
 
 
-async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink) -> None:
+class StreamSink(Protocol[M]):
+    """Where :func:`pump` delivers a stream; one implementation per transport.
+
+    The message methods only encode (synchronous, no checkpoint); :meth:`send`
+    writes what :func:`pump` collected, as few writes as the transport allows
+    (SSE: one body; WebSocket: one message each).
+    """
+
+    def event(self, event: ChatRunEvent) -> M: ...
+    def gap(self, first: int, last: int, run_id: str) -> M: ...
+    def ping(self) -> M: ...
+    def end(self, record: ChatRunRecord | None, reason: str) -> M: ...
+    def lagged(self, resume_after: int, run_id: str) -> M: ...
+    async def send(self, messages: list[M], *, final: bool) -> None: ...
+
+
+async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink[M]) -> None:
     """Deliver ``plan``'s run to ``sink`` until it ends, lags, or is cancelled.
 
-    Calls ``sink.end`` after the run's last frame, ``sink.lagged`` if the
-    registry dropped this subscriber; returns after either. Cancellation
-    (client gone, :meth:`ChatServer.disconnect_streams`) propagates.
+    One task does all of it: it takes whatever events are ready, sends them
+    in one :meth:`StreamSink.send`, and waits only when nothing is; the
+    heartbeat is the deadline of that one wait (``heartbeat_interval``
+    seconds after the last send), not a timer per event. The last send is
+    ``final``: the run's ``end`` (after its last frame, with the reason of
+    :meth:`ChatServer.end_reason`) or ``lagged`` (the registry dropped this
+    subscriber), with whatever preceded it. Cancellation (client gone,
+    :meth:`ChatServer.disconnect_streams`) propagates.
+
+    A cursor whose next frames were trimmed gets exactly one ``sink.gap``,
+    however fast the run trims: the gap is sent once the subscription is
+    entered (after which the frames are the subscriber's), never before it.
     """
     after = plan.after
+    gap_from: int | None = None
+    out: list[M] = []
+    heartbeat = server.settings.heartbeat_interval
     while True:
         try:
             async with server.registry.subscribe(
                 plan.conversation_id, after=after, run_id=plan.run_id
             ) as subscription:
-                async for event in subscription:
-                    await sink.event(event)
-                record = subscription.record
+                if gap_from is not None:
+                    out.append(sink.gap(gap_from, after, plan.run_id))
+                await _deliver(subscription, sink, out, heartbeat)
+                record: ChatRunRecord | None = subscription.record
         except ReplayGap as gap:
-            first, after = after + 1, gap.available_from - 1
-            await sink.gap(first, after, plan.run_id)
+            # Raised on entering, which does not checkpoint: the retry below
+            # sees the same buffer and cannot raise again.
+            if gap_from is None:
+                gap_from = after + 1
+            after = gap.available_from - 1
             continue
         except SubscriberLagged as lag:
-            await sink.lagged(lag.resume_after, plan.run_id)
+            server.note_lagged()
+            out.append(sink.lagged(lag.resume_after, plan.run_id))
+            await sink.send(out, final=True)
             return
         except RunNotFound:
             # Evicted or replaced between accepting the stream and subscribing.
-            await sink.end(None)
-            return
-        await sink.end(record)
+            record = None
+        out.append(sink.end(record, server.end_reason(record)))
+        await sink.send(out, final=True)
+        return
+
+
+async def _deliver(
+    subscription: ChatRunSubscription, sink: StreamSink[M], out: list[M], heartbeat: float
+) -> None:
+    """Send ``subscription``'s events until it ends; ``out`` holds what is not sent yet."""
+    deadline = trio.current_time() + heartbeat
+    try:
+        while True:
+            if not out:
+                with trio.CancelScope(deadline=deadline) as wait:
+                    out.append(sink.event(await subscription.__anext__()))
+                if wait.cancelled_caught:
+                    out.append(sink.ping())
+            # Events already queued come out of the subscription without a
+            # checkpoint, so nothing is pushed meanwhile and this count holds.
+            ready = subscription.record.latest_seq - subscription.last_seq
+            size = 0
+            for _ in range(min(ready, MAX_BATCH - len(out))):
+                message = sink.event(await subscription.__anext__())
+                out.append(message)
+                size += len(message)
+                if size >= MAX_BATCH_BYTES:
+                    break
+            await sink.send(out, final=False)
+            out.clear()
+            deadline = trio.current_time() + heartbeat
+    except StopAsyncIteration:
         return

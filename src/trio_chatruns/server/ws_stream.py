@@ -1,69 +1,73 @@
-"""The WebSocket transport: ``WS /v1/chat/runs/{id}/ws?after=N&run_id=...``."""
+"""The WebSocket transport: ``WS /v1/chat/runs/{id}/ws?after=N&run_id=...``.
+
+As for SSE, the connection's own task writes the stream (:func:`~.streams.pump`,
+one message per event, encoded once per event by :mod:`.wire`) and one more
+task reads (and ignores) what the client sends, to notice it leaving.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 from starlette.websockets import WebSocket, WebSocketState
 
-from .sse import event_to_json, record_to_json, to_json
+from .sse import record_to_json, to_json
 from .streams import StreamPlan, StreamRefusal, cursor_from_request, pump, resolve_stream
+from .wire import ws_event
 
 if TYPE_CHECKING:
     from .. import ChatRunEvent, ChatRunRecord
     from .app import ChatServer
 
-__all__ = ["WS_CLOSE_DONE", "WS_CLOSE_RESUME", "websocket_stream"]
+__all__ = ["WS_CLOSE_DONE", "WS_CLOSE_GOING_AWAY", "WS_CLOSE_RESUME", "websocket_stream"]
 
 WS_CLOSE_DONE = 1000
 """WebSocket close code: the run ended and every frame was sent; do not reconnect."""
+WS_CLOSE_GOING_AWAY = 1001
+"""WebSocket close code ("going away", RFC 6455 section 7.4.1): the server is shutting down."""
 WS_CLOSE_RESUME = 1013
 """WebSocket close code ("try again later"): reconnect with ``after=<last seq>``."""
 
 
 class _WSSink:
-    """Sends stream messages; ``send`` also serves the heartbeat task, so a lock
-    keeps one message from interleaving with another, and the heartbeat only
-    speaks after ``interval`` seconds without a message."""
+    """Stream messages as JSON text; :meth:`send` writes them one WebSocket
+    message each and, after the final batch, closes with the code the last
+    message called for."""
 
     def __init__(self, websocket: WebSocket) -> None:
         self._ws = websocket
-        self._lock = trio.Lock()
-        self.last_sent = trio.current_time()
+        self._close: tuple[int, str | None] = (WS_CLOSE_DONE, None)
 
-    async def send(
-        self, message: dict[str, Any], *, then_close: int | None = None, reason: str | None = None
-    ) -> None:
-        async with self._lock:
-            await self._ws.send_text(to_json(message))
-            self.last_sent = trio.current_time()
-            if then_close is not None:
-                # Under the same lock: no heartbeat can slip in before the close.
-                await self._ws.close(then_close, reason)
+    def event(self, event: ChatRunEvent) -> str:
+        return ws_event(event)
 
-    async def heartbeat(self, interval: float) -> None:
-        while True:
-            await trio.sleep_until(self.last_sent + interval)
-            if trio.current_time() >= self.last_sent + interval:
-                await self.send({"type": "ping"})
+    def gap(self, first: int, last: int, run_id: str) -> str:
+        return to_json({"type": "gap", "run_id": run_id, "from": first, "to": last})
 
-    async def event(self, event: ChatRunEvent) -> None:
-        await self.send({"type": "event", **event_to_json(event)})
+    def ping(self) -> str:
+        return _PING
 
-    async def gap(self, first: int, last: int, run_id: str) -> None:
-        await self.send({"type": "gap", "run_id": run_id, "from": first, "to": last})
-
-    async def end(self, record: ChatRunRecord | None) -> None:
+    def end(self, record: ChatRunRecord | None, reason: str) -> str:
         data = None if record is None else record_to_json(record)
-        await self.send({"type": "end", "record": data}, then_close=WS_CLOSE_DONE)
+        if reason == "shutdown":
+            self._close = (WS_CLOSE_GOING_AWAY, "server shutting down")
+        else:
+            self._close = (WS_CLOSE_DONE, None)
+        return to_json({"type": "end", "reason": reason, "record": data})
 
-    async def lagged(self, resume_after: int, run_id: str) -> None:
-        await self.send(
-            {"type": "lagged", "run_id": run_id, "resume_after": resume_after},
-            then_close=WS_CLOSE_RESUME,
-            reason=f"lagged; resume after {resume_after}",
-        )
+    def lagged(self, resume_after: int, run_id: str) -> str:
+        self._close = (WS_CLOSE_RESUME, f"lagged; resume after {resume_after}")
+        return to_json({"type": "lagged", "run_id": run_id, "resume_after": resume_after})
+
+    async def send(self, messages: list[str], *, final: bool) -> None:
+        for text in messages:
+            await self._ws.send_text(text)
+        if final:
+            await self._ws.close(*self._close)
+
+
+_PING = to_json({"type": "ping"})
 
 
 async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
@@ -71,10 +75,12 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
 
     Messages: ``{"type": "event", ...event}``, ``{"type": "gap", "run_id",
     "from", "to"}``, ``{"type": "ping"}`` after ``heartbeat_interval`` seconds
-    of silence, then ``{"type": "end", "record"}`` and close ``1000``; or
+    of silence, then ``{"type": "end", "reason", "record"}`` and close ``1000``
+    (``1001``, going away, when the reason is ``"shutdown"``); or
     ``{"type": "lagged", "run_id", "resume_after"}`` and close ``1013`` (resume
     by reconnecting with ``after=resume_after``). A stream the server drops
-    (:meth:`ChatServer.disconnect_streams`) closes ``1013`` too. Refusals are
+    (:meth:`ChatServer.disconnect_streams`) closes ``1013`` too, or ``1001``
+    while the server shuts down. Refusals are
     ``{"type": "error", "status", "error"}`` and close ``4000 + status``
     (``4400``, ``4404``, ``4429``, ``4503``); a run already over and fully
     delivered gets its ``end`` message and ``1000``. The cursor is read as for
@@ -90,7 +96,8 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
         plan = resolve_stream(server, conversation_id, cursor, resumed)
     if isinstance(plan, StreamRefusal):
         if plan.status == 204:
-            await _WSSink(websocket).end(plan.record)
+            sink = _WSSink(websocket)
+            await sink.send([sink.end(plan.record, server.end_reason(plan.record))], final=True)
         else:
             await websocket.send_text(
                 to_json({"type": "error", "status": plan.status, "error": plan.message})
@@ -107,14 +114,16 @@ async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
                     pass  # client messages are ignored
                 nursery.cancel_scope.cancel()
 
-            sink = _WSSink(websocket)
             nursery.start_soon(watch_disconnect)
-            nursery.start_soon(sink.heartbeat, server.settings.heartbeat_interval)
             with drop_scope:
-                await pump(server, plan, sink)
+                # This task writes the stream; the heartbeat is pump's wait deadline.
+                await pump(server, plan, _WSSink(websocket))
             if (
                 drop_scope.cancelled_caught
                 and websocket.application_state != WebSocketState.DISCONNECTED
             ):
-                await websocket.close(WS_CLOSE_RESUME, "stream dropped by the server; resume")
+                if server.closing:
+                    await websocket.close(WS_CLOSE_GOING_AWAY, "server shutting down")
+                else:
+                    await websocket.close(WS_CLOSE_RESUME, "stream dropped by the server; resume")
             nursery.cancel_scope.cancel()

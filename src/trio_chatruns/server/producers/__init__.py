@@ -10,7 +10,7 @@ network) and :class:`OpenAIChatModel` (any OpenAI-compatible streaming
 endpoint). :func:`load_model` resolves a ``module:function`` spec to your own.
 """
 
-from .base import ChatModel, ChatRequest, load_model, make_producer
+from .base import ChatModel, ChatRequest, describe_model, load_model, make_producer
 from .openai import OpenAIChatModel
 from .scripted import ScriptedModel, scripted_reply
 
@@ -19,6 +19,7 @@ __all__ = [
     "ChatRequest",
     "OpenAIChatModel",
     "ScriptedModel",
+    "describe_model",
     "load_model",
     "make_producer",
     "scripted_reply",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import logging
 import math
 import sys
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ import attrs
 import trio
 
 from ... import ChatRunStatus
+from ..failures import FailureReporter, LogOnlyReporter, client_error, describe_error
 
 if TYPE_CHECKING:
     from trio_chatruns import ChatRun
@@ -37,9 +37,14 @@ if TYPE_CHECKING:
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["ChatModel", "ChatRequest", "describe_error", "load_model", "make_producer"]
-
-logger = logging.getLogger("trio_chatruns.server")
+__all__ = [
+    "ChatModel",
+    "ChatRequest",
+    "describe_error",
+    "describe_model",
+    "load_model",
+    "make_producer",
+]
 
 
 @attrs.frozen
@@ -60,58 +65,76 @@ class ChatModel(Protocol):
 
     Returning ends the run ``completed`` (unless the model pushed a terminal
     status itself); raising ends it ``failed``, with a last ``error`` frame
-    pushed by the server. It must let ``trio.Cancelled`` propagate: that is
-    how an interrupt or a shutdown stops it.
+    pushed by the server (raise :class:`~..failures.ModelFailure` to choose
+    what clients read). It must let ``trio.Cancelled`` propagate: that is how
+    an interrupt or a shutdown stops it.
     """
 
     def __call__(self, run: ChatRun, request: ChatRequest) -> Awaitable[None]: ...
 
 
-def describe_error(exc: BaseException) -> str:
-    """``"Type: message"`` (``"Type"`` alone if no message); a group's leaves joined by ``"; "``.
-
-    The same text the registry records as ``last_error`` for a producer that raises.
-    """
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe_error(child) for child in exc.exceptions)
-    try:
-        message = str(exc)
-    except Exception:
-        message = ""
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+def describe_model(model: ChatModel) -> str:
+    """A one-line name of ``model`` for the log: its ``description`` if it has
+    one (the included models name their endpoint and rate), else its type."""
+    description = getattr(model, "description", None)
+    if isinstance(description, str) and description:
+        return description
+    name = getattr(model, "__qualname__", None) or type(model).__qualname__
+    module = getattr(model, "__module__", None) or type(model).__module__
+    return f"{module}:{name}"
 
 
-def make_producer(model: ChatModel, request: ChatRequest) -> Callable[[ChatRun], Awaitable[None]]:
+def make_producer(
+    model: ChatModel, request: ChatRequest, reporter: FailureReporter | None = None
+) -> Callable[[ChatRun], Awaitable[None]]:
     """Bind ``model`` to ``request``: return the ``producer(run)`` the registry runs.
 
     If the model raises an ``Exception`` while its run is still active and not
-    being interrupted, the producer logs it (once, to the
-    ``trio_chatruns.server`` logger) and ends the run ``failed`` with a last
-    frame ``{"type": "error", "message": "<Type>: <message>"}`` (``last_error``
-    holds the same message), so every model's failures look alike to clients.
-    Otherwise (the run already ended, or it is being cancelled) the exception
-    goes on to the registry, which records and logs it; cancellation always
-    propagates.
+    being interrupted, the producer ends the run ``failed`` with a last frame
+    ``{"type": "error", "error_type", "message"}`` written for clients
+    (``last_error`` is ``"<error_type>: <message>"``; see
+    :func:`~..failures.client_error`) and reports the failure (``reporter``
+    logs it at WARNING with the whole exception). Otherwise (the run already
+    ended, or it is being cancelled) the exception goes on to the registry,
+    which records and logs it; cancellation always propagates.
+
+    ``KeyboardInterrupt`` and ``SystemExit`` (alone, or in a group with only
+    ``Exception`` beside them) never leave the producer: the run ends
+    ``failed`` (kind ``fatal``) and ``reporter.model_fatal`` is told, which
+    shuts the server down gracefully, so every other stream still gets its
+    end. A model that ends its own run ``failed`` is reported too (kind
+    ``reported``). ``reporter`` defaults to one that only logs.
     """
+    report: FailureReporter = reporter if reporter is not None else LogOnlyReporter()
+
+    def fail(run: ChatRun, exc: BaseException) -> None:
+        error = client_error(exc, expose=report.expose_errors)
+        if not run.record.status.is_terminal:
+            run.push_frame(error.frame(), status=ChatRunStatus.FAILED, error=error.last_error)
+        report.run_failed(run.record, error.kind, exc)
 
     async def producer(run: ChatRun) -> None:
         try:
             await model(run, request)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            fail(run, exc)
+            report.model_fatal(exc)
+            return
         except Exception as exc:
             if run.record.status.is_terminal or trio.current_effective_deadline() == -math.inf:
                 raise
-            message = describe_error(exc)
-            logger.error(
-                "chat model %s failed on run %s (conversation %r): %s",
-                name,
-                run.run_id,
-                run.conversation_id,
-                message,
-                exc_info=exc,
-            )
-            run.push_frame(
-                {"type": "error", "message": message}, status=ChatRunStatus.FAILED, error=message
-            )
+            fail(run, exc)
+            return
+        except BaseExceptionGroup as group:
+            fatal, rest = group.split((KeyboardInterrupt, SystemExit))
+            if fatal is None or (rest is not None and not isinstance(rest, Exception)):
+                raise  # a cancellation (or another BaseException) rides along
+            fail(run, fatal.exceptions[0] if len(fatal.exceptions) == 1 else fatal)
+            report.model_fatal(fatal)
+            return
+        record = run.record
+        if record.status is ChatRunStatus.FAILED:
+            report.run_failed(record, "reported", None)
 
     name = getattr(model, "__qualname__", None) or type(model).__name__
     producer.__qualname__ = f"producer[{name}]"

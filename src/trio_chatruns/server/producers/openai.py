@@ -13,16 +13,19 @@ and turns the server-sent chunks into frames:
 Anything the endpoint gets wrong — a non-2xx status, an ``error`` object in
 the stream, malformed JSON, a chunk whose fields have the wrong shape (e.g.
 ``choices`` not a list, ``delta.content`` not a string, a tool call
-``index`` not an integer), a transport error, a stream that stops before
-``[DONE]`` — ends the run ``failed`` with an ``error`` frame and
-``last_error`` set to the message. Only the choice with ``index`` 0 is
-followed. Cancellation (an interrupt, a shutdown)
-closes the HTTP stream and propagates.
+``index`` not an integer), a transport error, a timeout (``timeout``, the
+CLI's ``--timeout``), a stream that stops before ``[DONE]`` — raises
+:class:`EndpointError`, a :class:`~..failures.ModelFailure` whose message
+names the endpoint's host, the status or problem, and a short reason; the
+server then ends the run ``failed`` with an ``error`` frame carrying that
+message. Only the choice with ``index`` 0 is followed. Cancellation (an
+interrupt, a shutdown) closes the HTTP stream and propagates.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -30,6 +33,7 @@ import trio
 from attrs import validators as v
 
 from ... import ChatRunStatus
+from ..failures import ModelFailure
 
 if TYPE_CHECKING:
     from trio_chatruns import ChatRun
@@ -38,9 +42,17 @@ if TYPE_CHECKING:
 
 __all__ = ["EndpointError", "OpenAIChatModel"]
 
+_MALFORMED = "endpoint_malformed"
 
-class EndpointError(Exception):
-    """The chat-completions endpoint answered with something unusable."""
+
+class EndpointError(ModelFailure):
+    """The chat-completions endpoint failed or answered with something unusable.
+
+    Its message is written for clients: the endpoint's host, the HTTP status
+    or what went wrong, and a short reason (never the API key, the request,
+    or a whole response body). ``kind`` is one of the ``endpoint_*`` keys of
+    :data:`~..failures.FAILURE_KINDS`.
+    """
 
 
 @attrs.frozen(kw_only=True)
@@ -54,7 +66,8 @@ class OpenAIChatModel:
         api_key (str | None): sent as ``Authorization: Bearer``; ``None`` sends
             no header (local servers).
         system_prompt (str | None): an optional system message.
-        timeout (float): seconds allowed to connect and between received bytes.
+        timeout (float): seconds allowed to connect, and to wait for each
+            read (``--timeout``); a failure names it.
         extra_body (dict): more request fields (``temperature``, ``tools``...).
     """
 
@@ -64,6 +77,20 @@ class OpenAIChatModel:
     system_prompt: str | None = None
     timeout: float = attrs.field(default=60.0, validator=[v.instance_of((int, float)), v.gt(0)])
     extra_body: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def description(self) -> str:
+        """``openai model '<model>' at <base_url> (timeout <t> s)``, for the startup log."""
+        parts = urllib.parse.urlsplit(self.base_url)
+        where = parts._replace(netloc=self.host).geturl()  # no credentials in the log
+        return f"openai model {self.model!r} at {where} (timeout {self.timeout:g} s)"
+
+    @property
+    def host(self) -> str:
+        """The endpoint's ``host[:port]`` as named in error messages (no credentials)."""
+        parts = urllib.parse.urlsplit(self.base_url)
+        host = parts.hostname or self.base_url
+        return f"{host}:{parts.port}" if parts.port else host
 
     @property
     def url(self) -> str:
@@ -82,15 +109,31 @@ class OpenAIChatModel:
         """Stream the endpoint's reply into ``run``; see the module docstring."""
         import httpx
 
+        host = self.host
         try:
             await self._stream(httpx, run, request)
-        except (httpx.HTTPError, EndpointError) as exc:
-            message = str(exc) or type(exc).__name__
-            if isinstance(exc, httpx.HTTPError):
-                message = f"{type(exc).__name__}: {message}"
-            run.push_frame(
-                {"type": "error", "message": message}, status=ChatRunStatus.FAILED, error=message
-            )
+        except EndpointError as exc:
+            raise EndpointError(f"{host} {exc.message}", kind=exc.kind) from exc
+        except httpx.TimeoutException as exc:
+            t = f"{self.timeout:g} s"
+            if isinstance(exc, httpx.ConnectTimeout):
+                message = (
+                    f"{host} did not accept a connection within {t} (connect timeout, --timeout)"
+                )
+            elif isinstance(exc, httpx.ReadTimeout):
+                message = f"{host} sent nothing for {t} (read timeout, --timeout)"
+            else:
+                message = f"{host} timed out after {t} ({type(exc).__name__}, --timeout)"
+            raise EndpointError(message, kind="endpoint_timeout") from exc
+        except httpx.ConnectError as exc:
+            reason = (str(exc) or type(exc).__name__)[:120]
+            raise EndpointError(
+                f"cannot connect to {host} ({reason})", kind="endpoint_unreachable"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise EndpointError(
+                f"connection to {host} failed ({type(exc).__name__})", kind="endpoint_transport"
+            ) from exc
 
     async def _stream(self, httpx: Any, run: ChatRun, request: ChatRequest) -> None:
         headers = {"Accept": "text/event-stream"}
@@ -111,7 +154,8 @@ class OpenAIChatModel:
             if response.status_code >= 400:
                 body = (await response.aread()).decode("utf-8", "replace")
                 raise EndpointError(
-                    f"endpoint returned HTTP {response.status_code}: {_error_text(body)}"
+                    f"answered HTTP {response.status_code}: {_error_text(body)[:200]}",
+                    kind="endpoint_status",
                 )
             # Leave the stream by cancelling this scope, never by break/return/raise
             # inside the loop: the Cancelled then runs through httpx's chain of
@@ -138,7 +182,7 @@ class OpenAIChatModel:
         if error is not None:
             raise error
         if not done:
-            raise EndpointError("the endpoint closed the stream before [DONE]")
+            raise EndpointError("closed the stream before [DONE]", kind="endpoint_incomplete")
         self._finish_calls(run, calls)
         run.push_frame(
             {"type": "done", "finish_reason": finish_reason or "stop"},
@@ -169,11 +213,15 @@ class OpenAIChatModel:
         for i, call_delta in enumerate(tool_calls or []):
             where = f"choices[0].delta.tool_calls[{i}]"
             if not isinstance(call_delta, dict):
-                raise EndpointError(f"malformed chunk from endpoint: {where} is not an object")
+                raise EndpointError(
+                    f"sent a malformed chunk: {where} is not an object", kind=_MALFORMED
+                )
             index = _field(call_delta, "index", int, where)
             index = 0 if index is None else index
             if index < 0:
-                raise EndpointError(f"malformed chunk from endpoint: {where}.index is negative")
+                raise EndpointError(
+                    f"sent a malformed chunk: {where}.index is negative", kind=_MALFORMED
+                )
             call_id = _field(call_delta, "id", str, where)
             function = _field(call_delta, "function", dict, where) or {}
             new_name = _field(function, "name", str, where + ".function")
@@ -228,11 +276,15 @@ def _parse_chunk(payload: str) -> dict[str, Any]:
     try:
         chunk = json.loads(payload)
     except ValueError:
-        raise EndpointError(f"malformed chunk from endpoint: {payload[:200]!r}") from None
+        raise EndpointError(
+            f"sent a malformed chunk (not JSON): {payload[:60]!r}", kind=_MALFORMED
+        ) from None
     if not isinstance(chunk, dict):
-        raise EndpointError(f"unexpected chunk from endpoint: {payload[:200]!r}")
+        raise EndpointError(
+            f"sent a chunk that is not an object: {payload[:60]!r}", kind=_MALFORMED
+        )
     if chunk.get("error"):
-        raise EndpointError(f"endpoint error: {_error_text(chunk)}")
+        raise EndpointError(f"reported an error: {_error_text(chunk)[:200]}", kind="endpoint_error")
     return chunk
 
 
@@ -246,7 +298,9 @@ def _first_choice(chunk: dict[str, Any]) -> dict[str, Any] | None:
     choices = _field(chunk, "choices", list, "chunk") or []
     for i, choice in enumerate(choices):
         if not isinstance(choice, dict):
-            raise EndpointError(f"malformed chunk from endpoint: choices[{i}] is not an object")
+            raise EndpointError(
+                f"sent a malformed chunk: choices[{i}] is not an object", kind=_MALFORMED
+            )
         index = _field(choice, "index", int, f"choices[{i}]")
         if index is None or index == 0:
             return choice
@@ -266,8 +320,9 @@ def _field(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
     if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
         return value
     raise EndpointError(
-        f"malformed chunk from endpoint: {where}.{key} is not {_JSON_TYPE_NAMES[kind]}: "
-        f"{json.dumps(value)[:100]}"
+        f"sent a malformed chunk: {where}.{key} is not {_JSON_TYPE_NAMES[kind]}: "
+        f"{json.dumps(value)[:60]}",
+        kind=_MALFORMED,
     )
 
 

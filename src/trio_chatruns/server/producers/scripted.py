@@ -79,6 +79,11 @@ class ScriptedModel:
     reply_tokens: int = attrs.field(default=90, validator=[v.instance_of(int), v.ge(3)])
     pause_tokens: int = attrs.field(default=6, validator=[v.instance_of(int), v.ge(0)])
 
+    @property
+    def description(self) -> str:
+        """``scripted (<rate> tokens/s, no network)``, for the startup log."""
+        return f"scripted ({self.tokens_per_second:g} tokens/s, no network)"
+
     async def __call__(self, run: ChatRun, request: ChatRequest) -> None:
         """Stream the scripted reply to ``request`` into ``run``.
 

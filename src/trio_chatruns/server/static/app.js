@@ -10,6 +10,9 @@
 
 const $ = (id) => document.getElementById(id);
 const API = "/v1/chat/runs";
+// Every API call goes through auth.js (the API key, a 401 asks for it once).
+const { apiFetch, streamQuery } = window.chatAuth;
+let openings = 0;  // openStream() calls; a later call supersedes one still getting a token
 const POLL_MS = 1500;
 
 // Everything the page knows; exposed as window.chatState for tests and debugging.
@@ -102,11 +105,20 @@ function closeStream() {
 }
 
 // Open (or reopen) the stream of `runId`, resuming after what we already have.
-function openStream(runId) {
+async function openStream(runId) {
   closeStream();
   if (runId !== state.runId) resetRun(runId);
+  const opening = ++openings;
   const query = new URLSearchParams({ run_id: runId });
   if (state.lastSeq) query.set("after", String(state.lastSeq));
+  try {
+    await streamQuery(state.conversationId, query);  // a stream token if the server needs a key
+  } catch (err) {
+    setError(String(err));
+    return;
+  }
+  if (opening !== openings || runId !== state.runId) return;  // superseded meanwhile
+  closeStream();
   const url = `${API}/${encodeURIComponent(state.conversationId)}/stream?${query}`;
   const es = new EventSource(url);
   state.es = es;
@@ -131,8 +143,9 @@ function openStream(runId) {
     state.lastSeq = Math.max(state.lastSeq, gap.to);
   });
   es.addEventListener("end", (message) => {
-    applyRecord(JSON.parse(message.data));
-    finish("ended");
+    const end = JSON.parse(message.data);  // the final record and why the stream ends
+    applyRecord(end);
+    finish(end.reason === "shutdown" ? "ended: the server shut down" : "ended");
   });
   es.onerror = () => {
     if (es !== state.es) return;
@@ -158,7 +171,7 @@ function finish(connection) {
 }
 
 async function fetchRecord() {
-  const response = await fetch(`${API}/${encodeURIComponent(state.conversationId)}`);
+  const response = await apiFetch(`${API}/${encodeURIComponent(state.conversationId)}`);
   if (response.status === 404) return null;
   if (!response.ok) throw new Error(`GET run: HTTP ${response.status}`);
   return response.json();
@@ -201,7 +214,7 @@ async function poll() {
 
 async function send(prompt) {
   setError("");
-  const response = await fetch(`${API}/${encodeURIComponent(state.conversationId)}`, {
+  const response = await apiFetch(`${API}/${encodeURIComponent(state.conversationId)}`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ prompt }),
@@ -220,7 +233,7 @@ async function send(prompt) {
 }
 
 async function interrupt() {
-  const response = await fetch(
+  const response = await apiFetch(
     `${API}/${encodeURIComponent(state.conversationId)}/interrupt`, { method: "POST" });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
@@ -230,7 +243,7 @@ async function interrupt() {
 
 async function refreshRuns() {
   try {
-    const response = await fetch(API);
+    const response = await apiFetch(API);
     const { runs } = await response.json();
     const tbody = $("runs");
     tbody.textContent = "";

@@ -1,0 +1,158 @@
+"""Connections that cannot stall the server: a deadline on every socket write.
+
+Hypercorn's Trio worker (0.17 and 0.18) writes to a connection's socket
+inside a *shielded* cancel scope (``TCPServer.protocol_send``), so that a
+cancelled application task never leaves half a message on the wire. The
+consequence: once a client stops reading and its receive window fills, the
+write never returns, and nothing outside can interrupt it. Cancelling the
+ASGI ``send`` does not help (the shield absorbs it), hypercorn's graceful
+timeout does not help (it cancels, and the shield absorbs that too), and the
+stream holding the connection keeps its subscription, its stream slot, its
+socket and whatever run it pins in memory.
+
+What does end the write is a cancel scope *inside* the shield. This module
+gives hypercorn's ``TCPServer`` such a scope with a deadline
+(:class:`WriteDeadlines`, ``--send-timeout``): a write that has not finished
+by then is abandoned and the connection is closed — as it must be, since a
+half-written message leaves the byte stream unusable. Closing the socket wakes
+hypercorn's reader, the application gets its ``http.disconnect`` /
+``websocket.disconnect``, and everything the stream held is released. A
+shutdown uses the same scopes to cut writes still blocked when streams are
+cut, and all of them at a second signal.
+
+Hypercorn creates its connection objects itself (``hypercorn.trio.run``
+names the class), so :func:`install` replaces that one name with
+:class:`DeadlineTCPServer`, a subclass that changes only the raw-data branch
+of ``protocol_send`` and only for a config that carries a
+:class:`WriteDeadlines` (any other hypercorn server in the process behaves
+exactly as before). The supported hypercorn versions are pinned in
+``pyproject.toml``; :func:`install` refuses others.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import hypercorn
+import hypercorn.trio.run
+import trio
+from hypercorn.events import Closed, RawData
+from hypercorn.trio.tcp_server import TCPServer
+
+__all__ = ["SUPPORTED_HYPERCORN", "DeadlineTCPServer", "WriteDeadlines", "install"]
+
+logger = logging.getLogger("trio_chatruns.server")
+
+SUPPORTED_HYPERCORN = ((0, 17), (0, 19))
+"""Hypercorn versions whose ``TCPServer.protocol_send`` this module was checked
+against: at least the first, below the second."""
+
+
+class WriteDeadlines:
+    """The deadline on every socket write of one server, and the writes in flight.
+
+    Attributes:
+        send_timeout (float): seconds a single write may take; past it the
+            connection is closed.
+    """
+
+    def __init__(self, send_timeout: float) -> None:
+        self.send_timeout = send_timeout
+        self._cap = math.inf  # no write may outlive this (shutdown)
+        self._writes: set[trio.CancelScope] = set()
+        self.closed_connections = 0
+        """Connections closed because a write did not finish in time."""
+
+    def write_scope(self) -> trio.CancelScope:
+        """A cancel scope bounding one write; enter it inside hypercorn's shield,
+        and :meth:`done` it after."""
+        scope = trio.CancelScope(deadline=min(trio.current_time() + self.send_timeout, self._cap))
+        self._writes.add(scope)
+        return scope
+
+    def done(self, scope: trio.CancelScope) -> None:
+        """Forget a scope made by :meth:`write_scope` (its write ended)."""
+        self._writes.discard(scope)
+
+    @property
+    def in_flight(self) -> int:
+        """Writes not finished now (a stalled client's write stays here until cut)."""
+        return len(self._writes)
+
+    def cut(self, grace: float = 0.0) -> int:
+        """Abandon every write in flight now; later writes get at most ``grace`` seconds.
+
+        Their connections are closed. Synchronous. Returns how many were cut.
+        """
+        self._cap = min(self._cap, trio.current_time() + grace)
+        writes = list(self._writes)
+        for scope in writes:
+            scope.cancel()
+        return len(writes)
+
+
+class DeadlineTCPServer(TCPServer):
+    """Hypercorn's ``TCPServer`` whose socket writes end by a deadline.
+
+    Only the raw-data branch of ``protocol_send`` differs, and only when the
+    config carries a :class:`WriteDeadlines` (attribute ``write_deadlines``).
+    """
+
+    async def protocol_send(self, event: Any) -> None:
+        deadlines: WriteDeadlines | None = getattr(self.config, "write_deadlines", None)
+        if deadlines is None or not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            closed = False
+            try:
+                with trio.CancelScope(shield=True):
+                    write = deadlines.write_scope()
+                    try:
+                        with write:
+                            await self.stream.send_all(event.data)
+                    finally:
+                        deadlines.done(write)
+                    if write.cancelled_caught:
+                        # Part of the data may be on the wire: the connection is
+                        # unusable. Closing the socket also wakes the reader.
+                        closed = True
+                        deadlines.closed_connections += 1
+                        logger.debug("closing a connection: a write did not finish in time")
+                        await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                closed = True
+            if closed:
+                await self.protocol.handle(Closed())
+
+
+def install() -> None:
+    """Make hypercorn's Trio worker create :class:`DeadlineTCPServer` connections.
+
+    Idempotent. Without a :class:`WriteDeadlines` on the config they behave
+    exactly like hypercorn's own.
+
+    Raises:
+        RuntimeError: the installed hypercorn is outside :data:`SUPPORTED_HYPERCORN`
+            or no longer has the names this relies on.
+    """
+    names = vars(hypercorn.trio.run)  # the module hypercorn's worker looks TCPServer up in
+    if names.get("TCPServer") is DeadlineTCPServer:
+        return
+    version = _version()
+    low, high = SUPPORTED_HYPERCORN
+    if not (low <= version < high) or names.get("TCPServer") is not TCPServer:
+        raise RuntimeError(
+            f"hypercorn {'.'.join(map(str, version))} is not supported by "
+            f"trio_chatruns.server.connections (needs >= {low[0]}.{low[1]}, "
+            f"< {high[0]}.{high[1]})"
+        )
+    names["TCPServer"] = DeadlineTCPServer
+
+
+def _version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(p) for p in version("hypercorn").split(".")[:2] if p.isdigit())
