@@ -377,7 +377,6 @@ def test_run_terminated_names_a_plain_string_status_too():
 def test_an_unknown_status_is_refused_with_the_valid_names():
     with pytest.raises(ValueError) as caught:
         ChatRunStatus.coerce("done")
-    assert str(caught.value) == (
-        "unknown status 'done'; expected one of 'running', 'waiting_approval', "
-        "'waiting_hitl', 'completed', 'failed', 'cancelled'"
-    )
+    names = ", ".join(repr(status.value) for status in ChatRunStatus)
+    assert "'running', 'waiting_approval', 'waiting_hitl', 'completed'" in names
+    assert str(caught.value) == f"unknown status 'done'; expected one of {names}"
