@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from . import budget, churn, eviction, fanout, memory, replay, server
+from . import budget, churn, eviction, fanout, memory, redis, replay, server
 from ._timing import clock_name, machine, use_cpu_clock
 
 WORKLOADS = {
@@ -22,6 +22,7 @@ WORKLOADS = {
     "memory": memory,
     "churn": churn,
     "budget": budget,
+    "redis": redis,
     "server": server,
 }
 
@@ -53,6 +54,19 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
     if "churn_runs_per_s" in res:
         x = res["churn_runs_per_s"]
         out.append(("churn >= 20,000 runs/s", f"{x:,.0f}/s", x >= 20_000))
+    if "redis" in res and "skipped" not in res["redis"]:
+        r = res["redis"]
+        x = r["batched"] / r["per_frame_xadd"]
+        out.append(("redis batched writer >= 10x one XADD per frame", f"{x:.1f}x", x >= 10))
+        x = r["batched"]
+        out.append(("redis >= 20,000 frames/s per worker", f"{x:,.0f}/s", x >= 20_000))
+        x = r["latency"]["100"][1] * 1000
+        out.append(("redis p99 push -> remote subscriber (100) <= 10 ms", f"{x:.2f} ms", x <= 10))
+        x = r["interrupt"][1] * 1000
+        out.append(("redis interrupt via another worker p99 <= 100 ms", f"{x:.2f} ms", x <= 100))
+        sizes = r["memory"]["dbsize"]
+        x = sizes[-1] / sizes[0]
+        out.append(("redis DBSIZE flat under churn (last/first <= 1.10)", f"{x:.2f}x", x <= 1.1))
     if "server" in res:
         out.extend(server.targets(res["server"]))
     return out

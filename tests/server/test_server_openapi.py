@@ -180,7 +180,11 @@ _json_values = st.recursive(
 _path_text = st.text(
     st.characters(blacklist_characters="/", blacklist_categories=("Cs",)), min_size=1, max_size=30
 ).filter(lambda s: s not in (".", ".."))
-_header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+# Printable ASCII without surrounding spaces: RFC 9110 (5.5) field values carry
+# no leading or trailing whitespace, and h11 refuses to send such a value.
+_header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(
+    str.strip
+)
 
 
 def value_for(parameter: dict[str, Any], seed_run: str) -> st.SearchStrategy[Any]:

@@ -1,0 +1,603 @@
+"""The Redis backend's per-worker object, :class:`RedisChatRuns` (opened by
+``open_redis_chat_runs`` in ``_open.py``): the operations of
+:class:`~trio_chatruns.ChatRunRegistry` over runs that any worker sharing
+the Redis can start, read, follow and interrupt.
+
+Where things happen: a run starts here (``START``); a frame enters at
+:meth:`RedisChatRun.push_frame` (``_owned.py``), leaves for Redis in the
+run's writer task (``_writer.py``), is read back by one follower per run per
+worker and fanned out to that worker's subscribers (``_follower.py``). Every
+change in Redis is one Lua script (``_scripts.py``); the key layout is in
+``_keys.py``; lease renewal and interrupt delivery are in
+``_owner_duties.py``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, final
+
+import trio
+
+from .._config import RegistryConfig
+from .._counters import Counters
+from .._exceptions import ReplayGap, RunAlreadyActive, RunNotFound
+from .._producer import Producer
+from .._records import ChatRunEvent, ChatRunRecord, RegistryStats
+from .._registry import _check_cursor, _is_async_callable
+from .._run_end import RunEndHooks
+from .._status import ChatRunStatus, StartPolicy
+from .._util import UNSET, NoPublicConstructor, Unset, check_conversation_id
+from ._codec import decode_entries, decode_record, entry_seq
+from ._errors import TRANSIENT_ERRORS, describe, unavailable_on_connection_errors
+from ._follower import Follower, RedisSubscription
+from ._owned import OwnedRun, RedisChatRun
+from ._producer import run_owned_producer
+from ._store import RedisStore
+from ._writer import write_run
+
+__all__ = ["RedisChatRuns"]
+
+logger = logging.getLogger("trio_chatruns.redis")
+
+
+@final
+class RedisChatRuns(metaclass=NoPublicConstructor):
+    """The runs of every worker sharing one Redis; one instance per worker.
+
+    Created by :func:`open_redis_chat_runs`, never directly. The methods are
+    those of :class:`~trio_chatruns.ChatRunRegistry`, with the same names,
+    arguments and errors; those that need Redis are ``async``:
+
+    - ``await try_start(cid, producer, *args)``: atomic across the cluster
+      (one Lua script); the producer runs on this worker, which owns the run.
+    - ``push_frame`` / ``update`` (synchronous, no network wait): keyed forms
+      of the :class:`RedisChatRun` methods, for runs this worker owns
+      (``RunNotFound`` for a run owned by another worker).
+    - ``await interrupt(cid)``: reaches the owner wherever it runs.
+    - ``subscribe(cid, after=, run_id=)``: an async context manager, from any
+      worker, for any run.
+    - ``await get``, ``await list``, ``await events``, ``await stats``,
+      ``await prune``.
+
+    Times in records are Unix seconds (the Redis server's clock where Redis
+    stamps them), the one clock all workers share; ``MockClock`` does not
+    drive this backend. Any method that needs Redis raises
+    :class:`RedisUnavailable` when it cannot reach it, changing nothing.
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        config: RegistryConfig,
+        worker_id: str,
+        lease: float,
+        write_timeout: float,
+        runs_nursery: trio.Nursery,
+        services: trio.Nursery,
+        hooks: RunEndHooks | None,
+        counters: Counters,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._worker_id = worker_id
+        self._lease = lease
+        self._write_timeout = write_timeout
+        self._runs_nursery = runs_nursery
+        self._services = services
+        self._hooks = hooks
+        self._owned: dict[str, OwnedRun] = {}
+        self._followers: dict[str, Follower] = {}
+        self._counters = counters
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisChatRuns worker={self._worker_id!r} owned={len(self._owned)} "
+            f"followers={len(self._followers)} closed={self._closed}>"
+        )
+
+    @property
+    def config(self) -> RegistryConfig:
+        """The limits (:class:`~trio_chatruns.RegistryConfig`); every worker
+        sharing a Redis should use the same."""
+        return self._config
+
+    @property
+    def worker_id(self) -> str:
+        """This worker's id (``str``), recorded as the owner of the runs it starts."""
+        return self._worker_id
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once the ``async with`` block was left."""
+        return self._closed
+
+    # -- starting and writing ----------------------------------------------------
+
+    async def try_start(
+        self,
+        conversation_id: str,
+        producer: Producer,
+        *args: Any,
+        if_active: StartPolicy | str = StartPolicy.REJECT,
+    ) -> RedisChatRun:
+        """Start a run owned by this worker: ``producer(run, *args)`` runs here.
+
+        Atomic across every worker (the ``START`` script): a conversation has
+        at most one active run in the cluster. An active run whose owner's
+        lease lapsed is ended ``failed`` first, so a dead worker never blocks
+        its conversations. A terminal run of the conversation is replaced.
+
+        Args:
+            if_active (StartPolicy | str): only ``"reject"`` (the default) so
+                far; the ``interrupt`` and ``enqueue`` policies of the
+                in-memory registry are not implemented by this backend yet.
+
+        Returns:
+            RedisChatRun: the handle the producer also gets; status ``running``.
+
+        Raises:
+            TypeError / ValueError: a bad ``conversation_id`` or ``if_active``;
+                ``TypeError`` if ``producer`` is not an async function.
+            NotImplementedError: ``if_active`` is ``interrupt`` or ``enqueue``.
+            RunAlreadyActive: the conversation has an active run (on any worker).
+            RuntimeError: this backend is closed.
+            RedisUnavailable: Redis cannot be reached; nothing changed.
+        """
+        check_conversation_id(conversation_id)
+        if not _is_async_callable(producer):
+            raise TypeError(f"producer must be an async function, not {producer!r}")
+        policy = StartPolicy.coerce(if_active)
+        if policy is not StartPolicy.REJECT:
+            raise NotImplementedError(
+                f"start policy {policy.value!r} is not implemented by the Redis backend yet; "
+                "only 'reject'"
+            )
+        if self._closed:
+            raise RuntimeError(f"backend is closed; cannot start a run for {conversation_id!r}")
+        run_id = os.urandom(16).hex()
+        with unavailable_on_connection_errors("try_start"):
+            while True:
+                (outcome, other_id, started_ms), replaced = await self._store.start(
+                    conversation_id, run_id, self._worker_id
+                )
+                if outcome != "reaped":
+                    break
+                # The active run's owner had lapsed; START ended it. Do the
+                # end's duties before the retry replaces it.
+                await self._on_reaped(conversation_id, other_id, None)
+        if outcome == "active":
+            raise RunAlreadyActive(conversation_id, other_id)
+        if replaced:
+            self._services.start_soon(self._unindex, conversation_id, replaced)
+        state = OwnedRun(conversation_id, run_id, started_ms / 1000.0, _no_change)
+        run = RedisChatRun._create(state)
+        self._owned[conversation_id] = state
+        self._runs_nursery.start_soon(
+            write_run,
+            state,
+            self._store,
+            self._write_timeout,
+            self._lease,
+            self._counters,
+            self._on_written_end,
+            name=f"trio_chatruns.redis writer {conversation_id!r}",
+        )
+        if self._closed:  # closed while the script ran: never start the producer
+            state.interrupt()
+        else:
+            self._runs_nursery.start_soon(
+                run_owned_producer,
+                run,
+                state,
+                producer,
+                args,
+                name=f"trio_chatruns.redis producer {conversation_id!r}",
+            )
+        return run
+
+    async def _unindex(self, conversation_id: str, run_id: str) -> None:
+        try:
+            await self._store.unindex(conversation_id, run_id)
+        except TRANSIENT_ERRORS as exc:  # its entry expires or is popped later
+            logger.warning(
+                "could not drop replaced run %s from the index: %s", run_id, describe(exc)
+            )
+
+    async def _on_written_end(self, state: OwnedRun, written: bool) -> None:
+        """The end's duties on the owner: index the run, call the hook.
+
+        Whoever writes a run's end in Redis does them: the owner here, or
+        the worker that reaped a lapsed run (:meth:`_on_reaped`). A run Redis
+        lost (``state.gone``) has no end there; its owner calls the hook.
+        """
+        if self._owned.get(state.conversation_id) is state:
+            del self._owned[state.conversation_id]
+        if written:
+            events: builtins.list[ChatRunEvent] = []
+            try:
+                if self._hooks is not None:
+                    events = await self._stored_events(state.conversation_id, state.run_id)
+            except TRANSIENT_ERRORS as exc:
+                logger.warning(
+                    "could not read the frames of ended run %s for on_run_end: %s",
+                    state.run_id,
+                    describe(exc),
+                )
+            if self._hooks is not None:
+                self._hooks.schedule(state.snapshot(), events)
+            await self._index_end(state.conversation_id, state.run_id)
+        elif state.gone and self._hooks is not None:
+            self._hooks.schedule(state.snapshot(), [])
+
+    async def _stored_events(
+        self, conversation_id: str, run_id: str
+    ) -> builtins.list[ChatRunEvent]:
+        entries = await self._store.frames(
+            conversation_id, run_id, 0, None, self._config.max_events_per_run + 1
+        )
+        events, _ = decode_entries(conversation_id, run_id, entries)
+        return events
+
+    async def _index_end(self, conversation_id: str, run_id: str) -> None:
+        try:
+            expired, evicted = await self._store.index(conversation_id, run_id)
+        except TRANSIENT_ERRORS as exc:  # it still expires by its TTL
+            logger.warning("could not index ended run %s: %s", run_id, describe(exc))
+            return
+        self._counters.evicted_ttl += expired
+        self._counters.evicted_lru += evicted
+
+    async def _on_reaped(self, conversation_id: str, run_id: str, flat: Any) -> None:
+        """The end's duties for a lapsed run a script of ours just ended:
+        call the hook with its final record and frames, index it."""
+        logger.warning(
+            "run %s (conversation %r) ended failed: its owner's lease lapsed",
+            run_id,
+            conversation_id,
+        )
+        if self._hooks is not None:
+            if flat is None:
+                flat, _, _ = await self._store.read(conversation_id)
+            if flat:
+                record = decode_record(conversation_id, flat)
+                if record.run_id == run_id:
+                    events = await self._stored_events(conversation_id, run_id)
+                    self._hooks.schedule(record, events)
+        self._services.start_soon(self._index_end, conversation_id, run_id)
+
+    def _owned_run(self, conversation_id: str) -> OwnedRun:
+        state = self._owned.get(check_conversation_id(conversation_id))
+        if state is None:
+            raise RunNotFound(conversation_id)
+        return state
+
+    def push_frame(
+        self,
+        conversation_id: str,
+        frame: Any,
+        *,
+        status: ChatRunStatus | str | None = None,
+        current_tool: str | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> int:
+        """:meth:`RedisChatRun.push_frame` on the conversation's run owned here.
+
+        Raises:
+            RunNotFound: this worker owns no run of ``conversation_id``.
+            RunTerminated, TypeError, ValueError: as :meth:`RedisChatRun.push_frame`.
+        """
+        return self._owned_run(conversation_id).push_frame(frame, status, current_tool, error)
+
+    def update(
+        self,
+        conversation_id: str,
+        status: ChatRunStatus | str,
+        *,
+        current_tool: str | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> None:
+        """:meth:`RedisChatRun.update` on the conversation's run owned here.
+
+        Raises:
+            RunNotFound: this worker owns no run of ``conversation_id``.
+            RunTerminated, TypeError, ValueError: as :meth:`RedisChatRun.update`.
+        """
+        self._owned_run(conversation_id).update(status, current_tool, error)
+
+    async def interrupt(self, conversation_id: str) -> bool:
+        """Interrupt the conversation's active run, wherever its owner runs.
+
+        The run is flagged in Redis and its owner told over pub/sub; the owner
+        cancels the producer, and the run ends ``cancelled`` with the
+        ``{"type": "interrupted"}`` frame. If the message is lost (the owner
+        was reconnecting), the owner finds the flag at its next lease renewal.
+
+        Returns:
+            bool: ``False`` when the conversation has no active run.
+
+        Raises:
+            RedisUnavailable: Redis cannot be reached (unless the run is owned
+                here, which needs no round trip).
+        """
+        check_conversation_id(conversation_id)
+        state = self._owned.get(conversation_id)
+        if state is not None and state.terminated_at is None:
+            return state.interrupt()
+        with unavailable_on_connection_errors("interrupt"):
+            found = await self._store.interrupt(conversation_id, None)
+            if found is None:
+                return False
+            run_id, owner = found
+            if owner == self._worker_id:
+                state = self._owned.get(conversation_id)
+                return state is not None and state.run_id == run_id and state.interrupt()
+            await self._store.notify_interrupt(owner, conversation_id, run_id)
+        return True
+
+    async def prune(self) -> int:
+        """Drop expired entries from the retention index and evict the ended
+        runs over ``max_retained_terminal``; return how many (count).
+
+        Redis expires ended runs by itself; this only keeps the cap exact
+        when no run has ended for a while.
+        """
+        with unavailable_on_connection_errors("prune"):
+            expired, evicted = await self._store.index(None, None)
+        self._counters.evicted_ttl += expired
+        self._counters.evicted_lru += evicted
+        return expired + evicted
+
+    # -- reads ---------------------------------------------------------------------
+
+    async def _read(self, conversation_id: str, operation: str) -> tuple[ChatRunRecord | None, str]:
+        with unavailable_on_connection_errors(operation):
+            flat, first_id, reaped = await self._store.read(conversation_id)
+            if reaped:
+                await self._on_reaped(conversation_id, reaped, flat)
+        if not flat:
+            return None, ""
+        return decode_record(conversation_id, flat), first_id
+
+    async def get(self, conversation_id: str) -> ChatRunRecord | None:
+        """A snapshot of the conversation's current run as Redis holds it, or
+        ``None``. Reaps a run whose owner's lease lapsed (it reads ``failed``)."""
+        check_conversation_id(conversation_id)
+        record, _ = await self._read(conversation_id, "get")
+        return record
+
+    async def list(self, *, active_only: bool = False) -> builtins.list[ChatRunRecord]:
+        """Every run held in Redis under this prefix (only active ones if
+        ``active_only``), newest ``updated_at`` first. Uses ``SCAN``: O(keys
+        in the database); meant for admin pages, not for every request."""
+        if not isinstance(active_only, bool):
+            raise TypeError(f"active_only must be a bool, not {active_only!r}")
+        prefix = self._store.keys.prefix + ":{"
+        records: builtins.list[ChatRunRecord] = []
+        with unavailable_on_connection_errors("list"):
+            for key in await self._store.run_keys():
+                if not (key.startswith(prefix) and key.endswith("}:run")):
+                    continue
+                conversation_id = key[len(prefix) : -len("}:run")]
+                flat, _, reaped = await self._store.read(conversation_id)
+                if reaped:
+                    await self._on_reaped(conversation_id, reaped, flat)
+                if flat:
+                    record = decode_record(conversation_id, flat)
+                    if not active_only or record.status.is_active:
+                        records.append(record)
+        records.sort(key=lambda record: record.updated_at, reverse=True)
+        return records
+
+    async def events(self, conversation_id: str, *, after: int = 0) -> builtins.list[ChatRunEvent]:
+        """The events of the conversation's current run with ``seq > after``
+        still in its stream, oldest first; ``[]`` for an unknown conversation."""
+        _check_cursor(after)
+        check_conversation_id(conversation_id)
+        record, _ = await self._read(conversation_id, "events")
+        if record is None or after >= record.latest_seq:
+            return []
+        with unavailable_on_connection_errors("events"):
+            entries = await self._store.frames(
+                conversation_id,
+                record.run_id,
+                after + 1,
+                record.latest_seq,
+                self._config.max_events_per_run,
+            )
+        events, _ = decode_entries(conversation_id, record.run_id, entries)
+        return events
+
+    async def stats(self) -> RegistryStats:
+        """Counters of this worker, and ``retained_terminal`` of the cluster.
+
+        ``active``: runs owned here and not ended; ``subscribers``,
+        ``lagged_subscribers``: this worker's; ``frames_pushed``: frames this
+        worker wrote to Redis; ``evicted_ttl``/``evicted_lru``: index entries
+        this worker found expired / evicted over the cap;
+        ``run_end_failures``: hook calls on this worker that raised or timed
+        out. ``queued`` and ``evicted_bytes`` are 0 and ``buffered_bytes`` is
+        ``None`` (no queues, no byte budgets in this backend yet).
+        """
+        with unavailable_on_connection_errors("stats"):
+            retained = await self._store.retained()
+        counters = self._counters
+        return RegistryStats(
+            active=sum(1 for state in self._owned.values() if state.terminated_at is None),
+            retained_terminal=retained,
+            subscribers=counters.subscribers,
+            evicted_ttl=counters.evicted_ttl,
+            evicted_lru=counters.evicted_lru,
+            lagged_subscribers=counters.lagged_subscribers,
+            frames_pushed=counters.frames_pushed,
+            queued=0,
+            evicted_bytes=0,
+            run_end_failures=counters.run_end_failures,
+            buffered_bytes=None,
+        )
+
+    async def queued(self, conversation_id: str) -> builtins.list[ChatRunRecord]:
+        """The runs waiting behind the conversation's active run: always ``[]``
+        here, since this backend only has the ``reject`` policy so far."""
+        check_conversation_id(conversation_id)
+        await trio.lowlevel.checkpoint()
+        return []
+
+    # -- following -----------------------------------------------------------------
+
+    def subscribe(
+        self, conversation_id: str, *, after: int = 0, run_id: str | None = None
+    ) -> AbstractAsyncContextManager[RedisSubscription]:
+        """Follow the conversation's current run from cursor ``after``, from
+        any worker: the rules of :meth:`trio_chatruns.ChatRunRegistry.subscribe`.
+
+        Raises (on entering):
+            RunNotFound: no run, or ``run_id`` is not the current run.
+            ReplayGap: frames after ``after`` were already trimmed.
+            ValueError: ``after`` is past the run's ``latest_seq`` (as written
+                to Redis), or negative.
+            TypeError: ``after`` is not an int, ``run_id`` not a str.
+            RedisUnavailable: Redis cannot be reached.
+        """
+        return self._subscription(conversation_id, after, run_id)
+
+    @asynccontextmanager
+    async def _subscription(
+        self, conversation_id: str, after: int, run_id: str | None
+    ) -> AsyncIterator[RedisSubscription]:
+        _check_cursor(after)
+        check_conversation_id(conversation_id)
+        if run_id is not None and not isinstance(run_id, str):
+            raise TypeError(f"run_id must be a str or None, not {run_id!r}")
+        record, first_id = await self._read(conversation_id, "subscribe")
+        if record is None:
+            raise RunNotFound(conversation_id)
+        if run_id is not None and run_id != record.run_id:
+            raise RunNotFound(conversation_id, run_id)
+        if after > record.latest_seq:
+            raise ValueError(
+                f"after={after} is past latest_seq={record.latest_seq} of run "
+                f"{record.run_id!r} (conversation {conversation_id!r}); "
+                "is the cursor from another run?"
+            )
+        available_from = record.latest_seq + 1
+        if first_id:
+            seq, is_end = entry_seq(first_id)
+            available_from = seq + 1 if is_end else seq
+        if after + 1 < available_from:
+            raise ReplayGap(conversation_id, record.run_id, after, available_from)
+        with unavailable_on_connection_errors("subscribe"):
+            if record.status.is_terminal:
+                subscription = await self._replay_only(record, after)
+            else:
+                subscription = await self._follow(record, after)
+        try:
+            yield subscription
+        finally:
+            subscription.close()
+
+    async def _replay_only(self, record: ChatRunRecord, after: int) -> RedisSubscription:
+        events = await self._replay_range(record.conversation_id, record.run_id, after, None)
+        return RedisSubscription._create(
+            record.conversation_id, record.run_id, after, events, None, None, None
+        )
+
+    async def _replay_range(
+        self, conversation_id: str, run_id: str, after: int, last: int | None
+    ) -> builtins.list[ChatRunEvent]:
+        """Frames ``after+1 .. last`` (or to the end) from Redis, checked to
+        start right after the cursor (``ReplayGap`` if trimmed meanwhile)."""
+        entries = await self._store.frames(
+            conversation_id, run_id, after + 1, last, self._config.max_events_per_run + 1
+        )
+        events, _ = decode_entries(conversation_id, run_id, entries)
+        if events and events[0].seq != after + 1:
+            raise ReplayGap(conversation_id, run_id, after, events[0].seq)
+        if last is not None and (not events or events[-1].seq != last) and last > after:
+            raise ReplayGap(conversation_id, run_id, after, last + 1)
+        return events
+
+    async def _follow(self, record: ChatRunRecord, after: int) -> RedisSubscription:
+        follower = await self._follower_for(record.conversation_id, record.run_id, after)
+        oldest = follower.oldest_seq
+        if after >= oldest - 1:
+            replay, subscriber, receive = follower.join(after)
+        else:
+            # The follower started later than this cursor: join at its oldest
+            # frame, and fetch the frames before it from Redis.
+            tail, subscriber, receive = follower.join(oldest - 1)
+            try:
+                head = await self._replay_range(
+                    record.conversation_id, record.run_id, after, oldest - 1
+                )
+            except BaseException:
+                if subscriber is not None:
+                    follower.leave(subscriber)
+                raise
+            replay = head + tail
+        return RedisSubscription._create(
+            record.conversation_id, record.run_id, after, replay, follower, subscriber, receive
+        )
+
+    async def _follower_for(self, conversation_id: str, run_id: str, after: int) -> Follower:
+        follower = self._followers.get(run_id)
+        if follower is not None:
+            await follower.ready.wait()
+            if follower.failed is not None:
+                raise follower.failed
+            return follower
+        block_ms = max(10, min(1000, int(self._lease * 500)))
+        follower = Follower(
+            self._store,
+            conversation_id,
+            run_id,
+            self._config,
+            self._counters,
+            block_ms,
+            self._forget_follower,
+            self._on_reaped,
+        )
+        self._followers[run_id] = follower
+        try:
+            await follower.prime(after)
+        except BaseException as exc:
+            follower.failed = exc
+            self._forget_follower(follower)
+            raise
+        finally:
+            follower.ready.set()
+        self._services.start_soon(
+            follower.run, name=f"trio_chatruns.redis follower {conversation_id!r}"
+        )
+        return follower
+
+    def _forget_follower(self, follower: Follower) -> None:
+        if self._followers.get(follower.run_id) is follower:
+            del self._followers[follower.run_id]
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def _close(self) -> None:
+        """Refuse new runs, interrupt the runs owned here, end the followers;
+        the writers get a bounded time to write the ends."""
+        self._closed = True
+        for state in builtins.list(self._owned.values()):
+            state.interrupt()
+        for follower in builtins.list(self._followers.values()):
+            follower.cancel_scope.cancel()
+        self._runs_nursery.cancel_scope.deadline = (
+            trio.current_time() + self._write_timeout + CLOSE_BOUND
+        )
+
+
+CLOSE_BOUND = 5.0
+"""Seconds, beyond ``write_timeout``, that closing gives the writers."""
+
+
+def _no_change(state: OwnedRun) -> None:
+    pass

@@ -1,0 +1,75 @@
+"""The run-end hook on the Redis backend, and the 0.2 options it refuses."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trio_chatruns import ChatRunStatus, RegistryConfig
+from trio_chatruns.redis import open_redis_chat_runs
+
+
+async def park(run) -> None:
+    await trio.sleep_forever()
+
+
+async def test_hook_once_per_run_with_final_record_and_frames(redis_client, key_prefix) -> None:
+    calls = []
+
+    async def hook(record, events) -> None:
+        await trio.lowlevel.checkpoint()
+        calls.append((record, [event.frame for event in events]))
+
+    async def two_frames(run) -> None:
+        run.push_frame("a")
+        run.push_frame("b")
+
+    async with open_redis_chat_runs(redis_client, key_prefix=key_prefix, on_run_end=hook) as runs:
+        first = await runs.try_start("c", two_frames)
+        await first.wait()
+        await runs.try_start("c", park)
+        await runs.try_start("other", park)
+    # Leaving waited for the hooks of the runs the closing cancelled.
+    by_run = {record.run_id: (record, frames) for record, frames in calls}
+    assert len(calls) == 3 and len(by_run) == 3
+    record, frames = by_run[first.run_id]
+    assert (record.status, record.latest_seq, frames) == (ChatRunStatus.COMPLETED, 2, ["a", "b"])
+    cancelled = [r for r, f in calls if r.run_id != first.run_id]
+    assert {r.status for r in cancelled} == {ChatRunStatus.CANCELLED}
+    assert all(f == [{"type": "interrupted"}] for r, f in calls if r.run_id != first.run_id)
+    # One conversation's hooks ran in the order its runs ended.
+    assert next(r.run_id for r, _ in calls if r.conversation_id == "c") == first.run_id
+
+
+async def test_failing_hook_is_counted_and_changes_nothing(redis_client, key_prefix) -> None:
+    async def hook(record, events) -> None:
+        raise RuntimeError("audit store down")
+
+    async def one(run) -> None:
+        run.push_frame(1)
+
+    async with open_redis_chat_runs(redis_client, key_prefix=key_prefix, on_run_end=hook) as runs:
+        await (await runs.try_start("c", one)).wait()
+        await (await runs.try_start("c", one)).wait()
+        while (await runs.stats()).run_end_failures < 2:
+            await trio.lowlevel.checkpoint()
+        assert (await runs.get("c")).status is ChatRunStatus.COMPLETED
+
+
+async def test_options_not_implemented_yet_are_refused(redis_client, key_prefix) -> None:
+    with pytest.raises(ValueError, match="byte budgets"):
+        async with open_redis_chat_runs(redis_client, RegistryConfig(max_bytes_per_run=1000)):
+            pass
+    with pytest.raises(TypeError):
+        async with open_redis_chat_runs(redis_client, on_run_end=lambda r, e: None):
+            pass
+    async with open_redis_chat_runs(redis_client, key_prefix=key_prefix) as runs:
+        for policy in ("interrupt", "enqueue"):
+            with pytest.raises(NotImplementedError, match=policy):
+                await runs.try_start("c", park, if_active=policy)
+        with pytest.raises(ValueError):
+            await runs.try_start("c", park, if_active="shove")
+        run = await runs.try_start("c", park, if_active="reject")
+        assert await runs.queued("c") == []
+        run.interrupt()
+        await run.wait()
