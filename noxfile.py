@@ -1,5 +1,6 @@
 """Test automation: ``nox`` runs the test suite on Python 3.10-3.13, the linter
-and the type checker. ``nox -s bench`` runs the benchmarks."""
+and the type checker. ``nox -s bench`` runs the benchmarks, ``nox -s mutate``
+the mutation tests (docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,17 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package, checked as Python 3.10 code."""
     session.install("-e", ".[test]", "mypy>=1.10", "exceptiongroup>=1.2")
     session.run("mypy")
+
+
+@nox.session(python="3.12")
+def mutate(session: nox.Session) -> None:
+    """Mutation testing with mutmut (minutes; see docs/testing.md). Not a default session.
+
+    ``nox -s mutate`` runs both groups afresh; ``-- core`` or ``-- server`` one
+    group; ``-- --quick`` re-tests only what changed since the last run.
+    """
+    session.install("-e", ".[test]", "mutmut>=3.8,<4")
+    session.run("python", "tools/mutate.py", *session.posargs)
 
 
 @nox.session(python="3.12")

@@ -37,3 +37,13 @@ def finished_run(registry: ChatRunRegistry, conversation_id: str, frames: int = 
     if frames == 0:
         run.update(ChatRunStatus.COMPLETED)
     return run
+
+
+async def wait_until(condition, *, poll: float = 0.005) -> None:
+    """Wait until ``condition()`` is true: for a state nothing signals (a counter,
+    a log record, another process). Fails with ``trio.TooSlowError`` after 10
+    seconds; the poll interval paces the check, it is not a wait for the event
+    to have happened."""
+    with trio.fail_after(10):
+        while not condition():  # noqa: ASYNC110 - nothing to wait on but the state
+            await trio.sleep(poll)

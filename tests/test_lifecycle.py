@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 import pytest
@@ -262,14 +263,23 @@ async def test_shutdown_cancels_active_runs_and_ends_every_subscription(autojump
 async def test_shutdown_stops_a_producer_still_finishing_after_its_terminal_push(
     autojump_clock,
 ):
+    # Infinite retention: no deadline would ever stop this producer, so only
+    # closing the registry (cancelling its nursery) can, and it must do so at once.
+    stopped_at = []
+
     async def producer(run):
         run.update("completed")
-        await trio.sleep_forever()
+        try:
+            await trio.sleep_forever()
+        finally:
+            stopped_at.append(trio.current_time())
 
-    async with open_chat_run_registry() as registry:
+    async with open_chat_run_registry(RegistryConfig(terminal_retention=math.inf)) as registry:
         run = registry.try_start("c", producer)
         await trio.sleep(1)
+        closed_at = trio.current_time()
     assert run.record.status is ChatRunStatus.COMPLETED
+    assert stopped_at == [closed_at]
 
 
 async def test_an_exception_in_the_body_propagates_as_itself(autojump_clock):

@@ -151,12 +151,10 @@ async def test_shutdown_is_bounded_when_a_producer_shields_cancellation(tmp_path
             with trio.fail_after(10):  # polling another process: no event to wait on
                 while not (await client.get("/v1/chat/runs/s/events")).json()["events"]:  # noqa: ASYNC110
                     await trio.sleep(0.02)
-        started = trio.current_time()
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             code = await process.wait()
             stderr = await rest_of_stderr()
-        elapsed = trio.current_time() - started
     finally:
         if process.returncode is None:
             process.kill()
@@ -166,5 +164,8 @@ async def test_shutdown_is_bounded_when_a_producer_shields_cancellation(tmp_path
     # serve() names the stuck run, then the command gives up a second later.
     assert "graceful shutdown did not finish" in stderr
     assert "s/" in stderr
-    assert "trio-chatruns: error: shutdown did not finish" in stderr
-    assert 1.5 * graceful + 1 < elapsed < 1.5 * graceful + 4
+    # ... after the documented deadline (1.5 x graceful + 1 s), not a timed guess.
+    deadline = 1.5 * graceful + 1
+    assert f"graceful shutdown did not finish within {deadline:.1f} s" in stderr
+    assert f"trio-chatruns: error: shutdown did not finish within {deadline + 1:.1f} s" in stderr
+    assert stderr.index("graceful shutdown did not finish") < stderr.index("trio-chatruns: error")

@@ -63,7 +63,9 @@ async def test_scripted_failure_and_interrupt(start_server):
         assert frames[-1]["type"] == "error"
 
         (await client.post("/v1/chat/runs/i", json={"prompt": "p"})).raise_for_status()
-        await trio.sleep(0.1)
+        with trio.fail_after(10):  # mid-reply: once the first frame is out
+            async with running.server.registry.subscribe("i") as subscription:
+                await subscription.__anext__()
         assert (await client.post("/v1/chat/runs/i/interrupt")).status_code == 200
         with trio.fail_after(10):
             frames, record = await follow(running.server.registry, "i")

@@ -15,7 +15,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, wrap_client_stream
 
-from trio_chatruns.server.sse_stream import RETRY_AFTER_SECONDS
+from helpers import wait_until
 
 
 class Waits:
@@ -160,13 +160,14 @@ async def test_429s_carry_retry_after(start_server):
         assert (await client.post("/v1/chat/runs/r1", json={"prompt": "p"})).status_code == 202
         refused = await client.post("/v1/chat/runs/r2", json={"prompt": "p"})
         assert refused.status_code == 429
-        assert refused.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+        # Documented: every 429 carries Retry-After: 1 (not the server constant).
+        assert refused.headers["retry-after"] == "1"
         with trio.CancelScope() as scope:
             async with client.stream("GET", "/v1/chat/runs/r1/stream") as first:
                 assert first.status_code == 200
                 second = await client.get("/v1/chat/runs/r1/stream")
                 assert second.status_code == 429
-                assert second.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+                assert second.headers["retry-after"] == "1"
                 scope.cancel()
 
 
@@ -202,20 +203,16 @@ async def read_until_eof(stream):
 
 
 async def wait_body_reads(running, n):
-    with trio.fail_after(5):
-        while running.server.body_reads != n:  # noqa: ASYNC110 - a counter, no event
-            await trio.sleep(0.01)
+    await wait_until(lambda: running.server.body_reads == n)
 
 
 async def test_a_body_that_never_ends_gets_408(start_server):
     running = await start_server(body_timeout=0.3)
     async with await raw_post_partial(running) as stream:
-        started = trio.current_time()
-        with trio.fail_after(5):
+        with trio.fail_after(10):
             answer = await read_until_eof(stream)  # and the server closes the connection
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'"error":"request body not received within 0.3 seconds"' in answer
-    assert 0.25 < trio.current_time() - started < 3
     assert running.server.registry.get("slow") is None
 
 
@@ -226,7 +223,8 @@ async def test_a_client_that_leaves_mid_body_is_not_an_error(start_server, caplo
     await wait_body_reads(running, 1)
     await stream.aclose()
     await wait_body_reads(running, 0)
-    await trio.sleep(0.05)  # let the request task finish
+    # The request task has finished once it logged the disconnect.
+    await wait_until(lambda: any("disconnected" in r.getMessage() for r in caplog.records))
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert errors == []
     assert running.server.registry.get("slow") is None
@@ -250,13 +248,13 @@ async def test_shutdown_cuts_pending_bodies(nursery):
     running = await nursery.start(run_server)
     async with await raw_post_partial(running) as stream:
         await wait_body_reads(running, 1)
-        started = trio.current_time()
         running.shutdown()
-        with trio.fail_after(graceful):
+        with trio.fail_after(10):
             answer = await read_until_eof(stream)
             await done.wait()
+    # Cut at once: left alone, the read would end in a 408 after body_timeout
+    # (30 s), or in no answer when the graceful timeout cancels the connection.
     assert answer.startswith(b"HTTP/1.1 503 ")
-    assert trio.current_time() - started < graceful / 2
 
 
 # -- prompts, models and frames ------------------------------------------------

@@ -8,6 +8,8 @@ import trio
 from trio_chatruns import RegistryConfig
 from trio_chatruns.server.producers import scripted_reply
 
+from helpers import wait_until
+
 PROMPT = "tell me about structured concurrency"
 
 
@@ -132,18 +134,27 @@ async def test_trimmed_cursor_gets_a_gap_event(start_server, sse):
 
 
 async def test_heartbeat_comments_keep_an_idle_stream_alive(start_server):
+    pinged_twice = trio.Event()
+
     class Slow:
         async def __call__(self, run, request):
             run.push_frame({"type": "token", "text": "a"})
-            await trio.sleep(0.35)
+            await pinged_twice.wait()  # silent until the client saw two heartbeats
             run.push_frame({"type": "token", "text": "b"})
 
     running = await start_server(model=Slow(), heartbeat_interval=0.1)
+    lines = []
     async with httpx.AsyncClient(base_url=running.url) as client:
         (await client.post("/v1/chat/runs/hb", json={"prompt": "p"})).raise_for_status()
         async with client.stream("GET", "/v1/chat/runs/hb/stream") as response:
-            body = (await response.aread()).decode()
-    assert body.count(": ping\n\n") >= 2
+            async for line in response.aiter_lines():
+                lines.append(line)
+                if lines.count(": ping") == 2:
+                    pinged_twice.set()
+    body = "\n".join(lines)
+    assert body.count(": ping\n") >= 2
+    first_ping, second_b = body.index(": ping"), body.index('"text":"b"')
+    assert body.index('"text":"a"') < first_ping < second_b
     assert body.rstrip().splitlines()[-1].startswith("data: {")
     assert "event: end" in body
 
@@ -153,8 +164,10 @@ async def test_a_lagging_client_is_closed_and_resumes(start_server, sse):
 
     class Bursty:
         async def __call__(self, run, request):
+            registry = running.server.registry
             for burst in range(3):
-                await trio.sleep(0.05)
+                # Each burst goes to a live subscriber.
+                await wait_until(lambda: registry.stats().subscribers > 0)
                 for i in range(30):  # no checkpoint: the subscriber cannot keep up
                     run.push_frame({"type": "token", "text": f"{burst}.{i} "})
 

@@ -137,6 +137,12 @@ def parser() -> argparse.ArgumentParser:
         default=15.0,
         help='seconds of silence before a heartbeat (SSE \': ping\', WebSocket {"type": "ping"})',
     )
+    caps.add_argument(
+        "--sse-retry-ms",
+        type=int,
+        default=1000,
+        help="reconnection delay sent to EventSource clients (SSE 'retry:'), milliseconds",
+    )
 
     model = p.add_argument_group("model")
     model.add_argument(
@@ -287,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             api_key=args.api_key or os.environ.get("TRIO_CHATRUNS_API_KEY") or None,
             allowed_hosts=tuple(args.allowed_host),
             allowed_origins=tuple(args.allow_origin),
+            sse_retry_ms=args.sse_retry_ms,
         )
         registry_config = RegistryConfig(
             max_events_per_run=args.max_events,
