@@ -297,3 +297,53 @@ async def test_the_key_comes_from_the_environment(tmp_path, monkeypatch):
             process.kill()
             await process.wait()
         await process.stderr.aclose()
+
+
+async def _asgi_status(app, path, root_path="", headers=()):
+    """Send one GET through ``app`` as an ASGI server would; return the status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": root_path,
+        "query_string": b"",
+        "headers": list(headers),
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path"),
+    [
+        ("/v1/chat/runs", ""),
+        ("/chat/v1/chat/runs", "/chat"),  # mounted at /chat: ASGI paths include root_path
+        ("/chat/metrics", "/chat"),
+        ("/chat/v1/chat/runs/c1/stream", "/chat"),
+    ],
+)
+async def test_a_mounted_app_still_needs_the_key(path, root_path):
+    from trio_chatruns.server.auth import ApiKeyAuth
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"secret"})
+
+    guarded = ApiKeyAuth(inner, api_key=KEY, tokens=StreamTokens())
+    assert await _asgi_status(guarded, path, root_path) == 401
+    bearer = [(b"authorization", f"Bearer {KEY}".encode())]
+    assert await _asgi_status(guarded, path, root_path, bearer) == 200

@@ -187,6 +187,21 @@ class StreamTokens:
         return int(expiry) / 1000 > trio.current_time()
 
 
+def route_path(scope: Any) -> str:
+    """The request path below the app's mount point.
+
+    In an ASGI scope, ``path`` includes ``root_path`` (the prefix a parent
+    app mounted this one at: ASGI HTTP spec, and Starlette's ``Mount``), so
+    the routes this app protects are matched on ``path`` without it: mounted
+    at ``/chat``, ``/chat/v1/chat/runs`` is the protected ``/v1/chat/runs``.
+    """
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
 def _header(scope: Any, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -216,7 +231,7 @@ class ApiKeyAuth:
         if (
             self._key is None
             or scope["type"] not in ("http", "websocket")
-            or not is_protected(scope["path"])
+            or not is_protected(route_path(scope))
             or self._authorized(scope)
         ):
             await self.app(scope, receive, send)
@@ -237,7 +252,7 @@ class ApiKeyAuth:
         presented = bearer_token(_header(scope, b"authorization"))
         if presented is not None:
             return hmac.compare_digest(presented.encode("utf-8"), self._key)
-        stream = _STREAM_PATH.fullmatch(scope["path"])
+        stream = _STREAM_PATH.fullmatch(route_path(scope))
         if stream is None:
             return False
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
