@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -456,4 +457,30 @@ async def test_shutdown_ends_streams_of_queued_runs_and_saves_them(nursery, tmp_
     assert replies[queued["run_id"]]["status"] == "cancelled"
     assert replies[queued["run_id"]]["content"] == ""
     assert replies[queued["run_id"]]["error"] == "interrupted by a server shutdown"
+    await stop(running, stopped)
+
+
+async def test_a_prompt_the_store_cannot_write_is_503_and_the_run_stops(nursery, tmp_path):
+    """A locked database (another writer holds it past the busy timeout) fails the
+    prompt's write: the client gets 503 naming it, and the run does not go on
+    producing a reply the history would never hold."""
+    db = tmp_path / "locked.db"
+    running, stopped = await start(nursery, db, model=SLOW)
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the write lock, held past busy_timeout
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+            answer = await client.post("/v1/chat/runs/locked", json={"prompt": "hi"})
+            assert answer.status_code == 503, answer.text
+            assert "could not store the prompt" in answer.json()["error"]
+            assert "locked" in answer.json()["error"]
+            record = (await client.get("/v1/chat/runs/locked")).json()
+            assert record["status"] in ("cancelled", "running")  # interrupted, ending
+            with trio.fail_after(10):
+                while record["status"] != "cancelled":
+                    await trio.sleep(0.01)
+                    record = (await client.get("/v1/chat/runs/locked")).json()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
     await stop(running, stopped)

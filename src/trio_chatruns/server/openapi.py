@@ -320,7 +320,9 @@ _PATHS: dict[str, Any] = {
                 "409": _error("the conversation has an active run (if_active reject)"),
                 "413": _error("the body is larger than --max-body-bytes"),
                 "429": _BUSY,
-                "503": _CLOSING,
+                "503": _error(
+                    "the server is shutting down, or the history could not store the prompt"
+                ),
             },
         },
         "get": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -179,7 +180,21 @@ async def start_run(request: Request) -> Response:
         raise ApiError(503, "server is shutting down") from None
     status = run.record.status.value
     if history is not None:
-        await history.store_prompt(history.accept(run, prompt, position))
+        try:
+            await history.store_prompt(history.accept(run, prompt, position))
+        except sqlite3.Error as exc:
+            # A turn the history does not hold would be answered and then
+            # forgotten: stop the run and say so, rather than a bare 500.
+            run.interrupt()
+            logger.error(
+                "prompt of run %s (conversation %r) not stored, run stopped: %r",
+                run.run_id,
+                conversation_id,
+                exc,
+            )
+            raise ApiError(
+                503, f"the conversation history could not store the prompt ({exc}); try again"
+            ) from None
     return JSONResponse(
         {"run_id": run.run_id, "conversation_id": conversation_id, "status": status},
         status_code=202,
