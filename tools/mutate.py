@@ -54,7 +54,7 @@ SERVER_MODULES = [
     "server/sse.py",  # cursor parsing, SSE encoding, strict JSON
     "server/config.py",  # the conversation id rule
     "server/streams.py",  # cursor resolution, refusals, the stream loop
-    "server/app.py",  # stream accounting, shutdown
+    "server/state.py",  # stream accounting, shutdown
     "server/routes.py",  # request limits: Content-Length, body size, prompt, caps
 ]
 
@@ -69,7 +69,7 @@ GROUPS: dict[str, dict[str, Any]] = {
         # The protocol functions of those modules (mutmut's mangled names); the
         # page, the route plumbing, strict JSON and the error handlers are left
         # out, so a run fits this machine. (mutmut 3 does not mutate decorated
-        # functions: ChatServer.track_stream, a context manager, is covered by
+        # functions: ServerState.track_stream, a context manager, is covered by
         # the stream-slot tests instead.)
         "mutants": [
             # cursor parsing
@@ -89,10 +89,10 @@ GROUPS: dict[str, dict[str, Any]] = {
             "trio_chatruns.server.routes.x_too_many_*",
             # stream accounting and refusals
             "trio_chatruns.server.streams.x_resolve_stream_*",
-            "trio_chatruns.server.app.xǁChatServerǁstats_*",
-            "trio_chatruns.server.app.xǁChatServerǁsubscriber_count_*",
-            "trio_chatruns.server.app.xǁChatServerǁdisconnect_streams_*",
-            "trio_chatruns.server.app.xǁChatServerǁbegin_shutdown_*",
+            "trio_chatruns.server.state.xǁServerStateǁstats_*",
+            "trio_chatruns.server.state.xǁServerStateǁsubscriber_count_*",
+            "trio_chatruns.server.state.xǁServerStateǁdisconnect_streams_*",
+            "trio_chatruns.server.state.xǁServerStateǁbegin_shutdown_*",
         ],
         "tests": [
             "tests/server",

@@ -3,7 +3,7 @@ own memory channel, as one async iterator of events."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NoReturn, final
+from typing import TYPE_CHECKING, NoReturn, Protocol, final
 
 import trio
 
@@ -12,10 +12,27 @@ from ._records import ChatRunEvent, ChatRunRecord
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
-    from ._fanout import Subscriber
-    from ._run import RunState
+    from ._fanout import Fanout, Subscriber
 
 __all__ = ["SCHEDULE_EVERY", "ChatRunSubscription"]
+
+
+class SubscribedRun(Protocol):
+    """What a subscription reads of its run's state (``_run.RunState`` is one).
+
+    A protocol here, so this module does not import ``_run`` (which imports
+    this one): no import cycle, not even a type-only one (STYLE.md).
+    """
+
+    conversation_id: str
+    run_id: str
+    latest_seq: int
+    fanout: Fanout
+
+    def snapshot(self) -> ChatRunRecord:
+        """The run's record now."""
+        ...
+
 
 SCHEDULE_EVERY = 64
 """``__anext__`` yields to the scheduler at least once every this many items."""
@@ -72,7 +89,7 @@ class ChatRunSubscription(metaclass=NoPublicConstructor):
 
     def __init__(
         self,
-        state: RunState,
+        state: SubscribedRun,
         after: int,
         replay: list[ChatRunEvent],
         subscriber: Subscriber | None,

@@ -32,7 +32,7 @@ import trio
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from .app import ChatServer
+    from .state import ServerState
 
 __all__ = ["AccessLogMiddleware", "access_logger"]
 
@@ -43,7 +43,7 @@ access_logger = logging.getLogger("trio_chatruns.access")
 class AccessLogMiddleware:
     """ASGI middleware logging and counting every request (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, server: ChatServer) -> None:
+    def __init__(self, app: ASGIApp, server: ServerState) -> None:
         self.app = app
         self.server = server
 

@@ -39,8 +39,8 @@ from starlette.routing import Route
 
 from .config import ServerSettings, valid_conversation_id
 from .cross_site import refuse
+from .errors import ApiError
 from .hosts import is_loopback_host, is_wildcard
-from .routes import ApiError
 from .sse import JSONResponse
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .errors import ApiError, request_conversation_id, request_server
 from .history import iso_utc
-from .routes import ApiError, _conversation_id, _server
 from .sse import JSONResponse
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ MAX_LIST_LIMIT = 500
 
 
 def _history(request: Request) -> ConversationHistory:
-    history = _server(request).history
+    history = request_server(request).history
     if history is None:
         raise ApiError(404, "conversation history is not enabled on this server")
     return history
@@ -67,10 +67,10 @@ async def conversation_messages(request: Request) -> Response:
     A conversation with no stored turn answers an empty list: conversation
     ids are chosen by clients, and a new one has no history yet.
     """
-    conversation_id = _conversation_id(request)
+    conversation_id = request_conversation_id(request)
     history = _history(request)
     turns = await history.store.turns(conversation_id)
-    registry = _server(request).registry
+    registry = request_server(request).registry
     return JSONResponse(
         {
             "conversation_id": conversation_id,
@@ -84,9 +84,9 @@ async def delete_conversation(request: Request) -> Response:
 
     404 if the conversation has neither history nor an active run.
     """
-    conversation_id = _conversation_id(request)
+    conversation_id = request_conversation_id(request)
     history = _history(request)
-    interrupted = history.forget(conversation_id, _server(request).registry)
+    interrupted = history.forget(conversation_id, request_server(request).registry)
     deleted = await history.store.delete(conversation_id)
     if not deleted and not interrupted:
         raise ApiError(404, f"no conversation {conversation_id!r}")

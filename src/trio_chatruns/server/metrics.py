@@ -19,7 +19,7 @@ shows the same table.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,9 +28,32 @@ from prometheus_client.exposition import generate_latest
 from .failures import FAILURE_KINDS
 
 if TYPE_CHECKING:
-    from .app import ChatServer
+    from .. import ChatRunRegistry
 
-__all__ = ["CONTENT_TYPE", "METRICS", "ServerMetrics", "StatsCollector"]
+__all__ = ["CONTENT_TYPE", "METRICS", "MetricsSource", "ServerMetrics", "StatsCollector"]
+
+
+class MetricsSource(Protocol):
+    """What the metrics read of a server at scrape time (``state.ServerState`` is one).
+
+    A protocol here, so this module does not import the server state that
+    holds a :class:`ServerMetrics`: no import cycle (STYLE.md).
+    """
+
+    @property
+    def registry(self) -> ChatRunRegistry:
+        """The registry whose ``stats()`` (``RegistryStats``) are exported."""
+        ...
+
+    @property
+    def closing(self) -> bool:
+        """A graceful shutdown began."""
+        ...
+
+    def stats(self) -> object:
+        """The HTTP layer's counters (``ServerStats``), read field by field."""
+        ...
+
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The ``Content-Type`` of ``GET /metrics`` (Prometheus text format 0.0.4)."""
@@ -92,7 +115,7 @@ budget) is left out of the scrape.
 class StatsCollector:
     """A custom collector: ``RegistryStats`` and ``ServerStats`` read at scrape time."""
 
-    def __init__(self, server: ChatServer) -> None:
+    def __init__(self, server: MetricsSource) -> None:
         self._server = server
 
     def collect(self) -> Iterator[Metric]:
@@ -138,7 +161,7 @@ class ServerMetrics:
             every kind of :data:`~.failures.FAILURE_KINDS` present from the start.
     """
 
-    def __init__(self, server: ChatServer) -> None:
+    def __init__(self, server: MetricsSource) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             _P + "http_requests",

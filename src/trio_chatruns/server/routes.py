@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import RunAlreadyActive, RunQueueFull
-from .config import valid_conversation_id
+from .errors import ApiError, request_conversation_id, request_server
 from .producers import ChatRequest, make_producer
 from .sse import JSONResponse, event_to_json, record_to_json, to_json
 from .sse_stream import RETRY_AFTER_SECONDS, SSEStream
@@ -31,23 +31,13 @@ from .strict_json import loads_strict
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from .app import ChatServer
+    from .state import ServerState
 
 __all__ = ["RETRY_AFTER_SECONDS", "ApiError", "api_routes", "error_handlers"]
 
 logger = logging.getLogger("trio_chatruns.server")
 
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
-
-
-class ApiError(Exception):
-    """Answered as ``{"error": message}`` with ``status`` (and ``headers``)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
 
 
 def too_many(message: str) -> ApiError:
@@ -59,18 +49,7 @@ class _ClientGone(Exception):
     """The client disconnected before its request body was complete."""
 
 
-def _server(request: Request) -> ChatServer:
-    return request.app.state.chat_server  # type: ignore[no-any-return]
-
-
-def _conversation_id(request: Request) -> str:
-    conversation_id: str = request.path_params["conversation_id"]
-    if not valid_conversation_id(conversation_id):
-        raise ApiError(400, "invalid conversation id: 1-128 characters of [A-Za-z0-9._:-]")
-    return conversation_id
-
-
-async def _read_body(server: ChatServer, request: Request) -> bytes:
+async def _read_body(server: ServerState, request: Request) -> bytes:
     """The request body, read within the limits of ``server.settings``.
 
     Raises:
@@ -121,8 +100,8 @@ async def start_run(request: Request) -> Response:
     runs before it); a run that has to wait answers ``"status": "queued"``,
     a full queue 429. With history on, the prompt is stored before the 202.
     """
-    server = _server(request)
-    conversation_id = _conversation_id(request)
+    server = request_server(request)
+    conversation_id = request_conversation_id(request)
     body = await _read_body(server, request)
     try:
         payload: Any = loads_strict(body)
@@ -206,14 +185,14 @@ async def list_runs(request: Request) -> Response:
     active = request.query_params.get("active", "false").lower()
     if active not in ("true", "false", "1", "0"):
         raise ApiError(400, "active must be true, false, 1 or 0")
-    records = _server(request).registry.list(active_only=active in ("true", "1"))
+    records = request_server(request).registry.list(active_only=active in ("true", "1"))
     return JSONResponse({"runs": [record_to_json(r) for r in records]})
 
 
 async def get_run(request: Request) -> Response:
     """``GET /v1/chat/runs/{conversation_id}`` → the record, or 404."""
-    conversation_id = _conversation_id(request)
-    record = _server(request).registry.get(conversation_id)
+    conversation_id = request_conversation_id(request)
+    record = request_server(request).registry.get(conversation_id)
     if record is None:
         raise ApiError(404, f"no run for conversation {conversation_id!r}")
     return JSONResponse(record_to_json(record))
@@ -231,12 +210,12 @@ async def run_events(request: Request) -> Response:
     ``gap`` is ``{"from", "to"}`` when the frames after ``after`` were trimmed
     (``events`` then starts at ``to + 1``), else ``null``.
     """
-    conversation_id = _conversation_id(request)
+    conversation_id = request_conversation_id(request)
     try:
         cursor, resumed = cursor_from_request(request.headers, request.query_params)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    registry = _server(request).registry
+    registry = request_server(request).registry
     record = check_cursor(registry, conversation_id, cursor, resumed)
     if isinstance(record, StreamRefusal):
         if record.status == 204:
@@ -262,7 +241,9 @@ async def stream_run(request: Request) -> Response | SSEStream:
         cursor, resumed = cursor_from_request(request.headers, request.query_params)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    return SSEStream(_server(request), request.path_params["conversation_id"], cursor, resumed)
+    return SSEStream(
+        request_server(request), request.path_params["conversation_id"], cursor, resumed
+    )
 
 
 async def interrupt_run(request: Request) -> Response:
@@ -272,8 +253,8 @@ async def interrupt_run(request: Request) -> Response:
     client or by shutdown) whose producer is still unwinding answers 200
     again. Not refused during shutdown. 404 once the run has ended.
     """
-    conversation_id = _conversation_id(request)
-    registry = _server(request).registry
+    conversation_id = request_conversation_id(request)
+    registry = request_server(request).registry
     record = registry.get(conversation_id)
     if record is None or not registry.interrupt(conversation_id):
         raise ApiError(404, f"no active run for conversation {conversation_id!r}")
@@ -284,7 +265,7 @@ async def server_stats(request: Request) -> Response:
     """``GET /v1/stats`` → the registry's and the HTTP layer's counters."""
     import attrs
 
-    server = _server(request)
+    server = request_server(request)
     return JSONResponse(
         {
             "registry": attrs.asdict(server.registry.stats()),

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
     from .. import ChatRunEvent, ChatRunRecord
-    from .app import ChatServer
+    from .state import ServerState
 
 __all__ = ["RETRY_AFTER_SECONDS", "SSE_HEADERS", "SSEStream"]
 
@@ -111,7 +111,7 @@ class SSEStream:
     - ``: ping`` comments after ``heartbeat_interval`` seconds of silence.
     """
 
-    server: ChatServer
+    server: ServerState
     conversation_id: str
     cursor: Cursor
     resumed: bool

@@ -32,7 +32,7 @@ from .sse import Cursor, parse_cursor, parse_run_id, parse_seq
 
 if TYPE_CHECKING:
     from .. import ChatRunRegistry, ChatRunSubscription
-    from .app import ChatServer
+    from .state import ServerState
 
 __all__ = [
     "MAX_BATCH",
@@ -135,7 +135,7 @@ def check_cursor(
 
 
 def resolve_stream(
-    server: ChatServer, conversation_id: str, cursor: Cursor, resumed: bool
+    server: ServerState, conversation_id: str, cursor: Cursor, resumed: bool
 ) -> StreamPlan | StreamRefusal:
     """Decide whether (and from where) to stream ``conversation_id`` to a client.
 
@@ -180,7 +180,7 @@ class StreamSink(Protocol[M]):
     async def send(self, messages: list[M], *, final: bool) -> None: ...
 
 
-async def pump(server: ChatServer, plan: StreamPlan, sink: StreamSink[M]) -> None:
+async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> None:
     """Deliver ``plan``'s run to ``sink`` until it ends, lags, or is cancelled.
 
     One task does all of it: it takes whatever events are ready, sends them

@@ -18,7 +18,7 @@ from .wire import ws_event
 
 if TYPE_CHECKING:
     from .. import ChatRunEvent, ChatRunRecord
-    from .app import ChatServer
+    from .state import ServerState
 
 __all__ = ["WS_CLOSE_DONE", "WS_CLOSE_GOING_AWAY", "WS_CLOSE_RESUME", "websocket_stream"]
 
@@ -70,7 +70,7 @@ class _WSSink:
 _PING = to_json({"type": "ping"})
 
 
-async def websocket_stream(server: ChatServer, websocket: WebSocket) -> None:
+async def websocket_stream(server: ServerState, websocket: WebSocket) -> None:
     """Serve ``WS .../ws?after=N&run_id=...``: the stream as JSON text messages.
 
     Messages: ``{"type": "event", ...event}``, ``{"type": "gap", "run_id",
