@@ -261,6 +261,8 @@ class RedisSubscription(metaclass=NoPublicConstructor):
             trio.ClosedResourceError: the ``async with`` block was already left.
         """
         if self._closed:
+            # A cancel point like every other call (Trio's rules), as the core's.
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise trio.ClosedResourceError("this subscription was closed")
         await trio.lowlevel.checkpoint_if_cancelled()
         self._since_schedule += 1
