@@ -33,7 +33,12 @@ from .._run_end import RunEndHooks
 from .._status import ChatRunStatus, StartPolicy
 from .._util import UNSET, NoPublicConstructor, Unset, check_conversation_id
 from ._codec import decode_entries, decode_record, entry_seq
-from ._errors import TRANSIENT_ERRORS, describe, unavailable_on_connection_errors
+from ._errors import (
+    TRANSIENT_ERRORS,
+    RedisUnavailable,
+    describe,
+    unavailable_on_connection_errors,
+)
 from ._follower import Follower, RedisSubscription
 from ._owned import OwnedRun, RedisChatRun
 from ._producer import run_owned_producer
@@ -545,12 +550,25 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         )
 
     async def _follower_for(self, conversation_id: str, run_id: str, after: int) -> Follower:
-        follower = self._followers.get(run_id)
-        if follower is not None:
+        """The run's follower on this worker, primed; the first caller primes it.
+
+        If priming fails with an error, every waiting caller gets its own
+        :class:`RedisUnavailable` chained from it. A cancellation (or a group
+        holding one) belongs to the task it was delivered to: it propagates
+        there only, and the waiting callers retry with a fresh follower.
+        """
+        while True:
+            follower = self._followers.get(run_id)
+            if follower is None:
+                break
             await follower.ready.wait()
             if follower.failed is not None:
-                raise follower.failed
-            return follower
+                raise RedisUnavailable("subscribe", describe(follower.failed)) from (
+                    follower.failed
+                )
+            if follower.primed:
+                return follower
+            # Its primer was cancelled: try again (this task may prime it).
         block_ms = max(10, min(1000, int(self._lease * 500)))
         follower = Follower(
             self._store,
@@ -566,9 +584,14 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         try:
             await follower.prime(after)
         except BaseException as exc:
-            follower.failed = exc
+            # Only an error is shared with the waiters; never a Cancelled,
+            # KeyboardInterrupt or a group holding one (not an Exception).
+            if isinstance(exc, Exception):
+                follower.failed = exc
             self._forget_follower(follower)
             raise
+        else:
+            follower.primed = True
         finally:
             follower.ready.set()
         self._services.start_soon(
