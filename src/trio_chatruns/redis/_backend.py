@@ -224,18 +224,30 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         if self._owned.get(state.conversation_id) is state:
             del self._owned[state.conversation_id]
         if written:
-            events: builtins.list[ChatRunEvent] = []
-            try:
-                if self._hooks is not None:
-                    events = await self._stored_events(state.conversation_id, state.run_id)
-            except TRANSIENT_ERRORS as exc:
-                logger.warning(
-                    "could not read the frames of ended run %s for on_run_end: %s",
-                    state.run_id,
-                    describe(exc),
-                )
             if self._hooks is not None:
-                self._hooks.schedule(state.snapshot(), events)
+                # The hook is called exactly once for every run that ends
+                # (API.md): scheduled in ``finally`` with what could be read,
+                # the read bounded to leave time within the writer's bound.
+                events: builtins.list[ChatRunEvent] = []
+                try:
+                    with trio.move_on_after(_HOOK_READ_BOUND) as read_scope:
+                        events = await self._stored_events(state.conversation_id, state.run_id)
+                    if read_scope.cancelled_caught:
+                        logger.warning(
+                            "could not read the frames of ended run %s for on_run_end "
+                            "within %.1f s; the hook gets no events",
+                            state.run_id,
+                            _HOOK_READ_BOUND,
+                        )
+                except TRANSIENT_ERRORS as exc:
+                    logger.warning(
+                        "could not read the frames of ended run %s for on_run_end: %s; "
+                        "the hook gets no events",
+                        state.run_id,
+                        describe(exc),
+                    )
+                finally:
+                    self._hooks.schedule(state.snapshot(), events)
             await self._index_end(state.conversation_id, state.run_id)
         elif state.gone and self._hooks is not None:
             self._hooks.schedule(state.snapshot(), [])
@@ -620,6 +632,11 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
 
 CLOSE_BOUND = 5.0
 """Seconds, beyond ``write_timeout``, that closing gives the writers."""
+
+_HOOK_READ_BOUND = 1.0
+"""Seconds the owner spends reading an ended run's frames for ``on_run_end``;
+shorter than the writer's bound on the end's duties (``_writer._END_BOUND``)
+so the hook is still scheduled, with no events, when Redis is slow."""
 
 
 def _no_change(state: OwnedRun) -> None:
