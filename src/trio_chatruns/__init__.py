@@ -37,7 +37,7 @@ from ._status import ChatRunStatus, StartPolicy
 from ._subscription import ChatRunSubscription
 from ._util import UNSET
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MAX_EVENTS_PER_RUN",

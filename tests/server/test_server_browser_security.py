@@ -17,7 +17,7 @@ real page works under its Content-Security-Policy and with an API key.
    violation while an injected inline script is blocked.
 
 Uses the DevTools helpers of ``test_server_browser.py``. Screenshots go to
-``build/screenshots/``.
+``$CHATRUNS_SCREENSHOTS`` if set, else ``build/screenshots/``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,10 @@ pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install chromium)"
 )
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+SCREENSHOTS = Path(
+    os.environ.get("CHATRUNS_SCREENSHOTS")
+    or Path(__file__).resolve().parents[2] / "build" / "screenshots"
+)
 VICTIM_MODEL = ScriptedModel(tokens_per_second=5.0, reply_tokens=300, pause_tokens=0)
 PAGE_MODEL = ScriptedModel(tokens_per_second=40.0, reply_tokens=80, pause_tokens=2)
 KEY = "browser-test-key-0123456789"
@@ -215,8 +218,9 @@ async def screenshot(devtools, session, name):
     import base64
 
     shot = await devtools.call("Page.captureScreenshot", session, format="png")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    (SCREENSHOTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
+    folder = trio.Path(SCREENSHOTS)
+    await folder.mkdir(parents=True, exist_ok=True)
+    await (folder / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
 
 
 @asynccontextmanager

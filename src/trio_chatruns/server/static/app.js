@@ -101,9 +101,11 @@ function note(err) {
 // ---------------------------------------------------------------- banner, errors
 
 let bannerTimer = null;
+let bannerReconnecting = false;  // the banner says "reconnecting": clear it once that is over
 function showBanner(text, kind = "", hideAfterMs = 0) {
   const banner = $("banner");
   clearTimeout(bannerTimer);
+  bannerReconnecting = false;
   banner.textContent = text;
   banner.className = kind;
   banner.hidden = !text;
@@ -314,7 +316,7 @@ async function openStream(turn) {
     state.opens += 1;
     state.connection = "open";
     turn.retries = 0;
-    if (state.reconnecting) {
+    if (state.reconnecting || bannerReconnecting) {
       state.resumedFrom = turn.lastSeq;
       showBanner(`Reconnected: resumed after seq ${turn.lastSeq}.`, "ok", 4000);
     }
@@ -365,6 +367,7 @@ async function openStream(turn) {
       state.reconnecting = true;
       if (!state.unreachable) {
         showBanner(`Connection lost: reconnecting, to resume after seq ${turn.lastSeq}…`);
+        bannerReconnecting = true;
       }
       probe();
     }
@@ -374,6 +377,8 @@ async function openStream(turn) {
 }
 
 function endTurn(turn, status, error) {
+  // The turn is over: a "reconnecting" banner left from its stream would be stale.
+  if (bannerReconnecting && !state.es) showBanner("");
   turn.status = status;
   turn.ended = true;
   turn.currentTool = null;
