@@ -6,24 +6,50 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import trio
 
-from ._run import ChatRun, RunState
 from ._status import ChatRunStatus
-from ._util import UNSET
+from ._util import UNSET, Unset
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["Producer", "logger", "run_producer", "split_cancelled"]
+__all__ = ["Producer", "SupervisedRun", "logger", "run_producer", "split_cancelled"]
 
 logger = logging.getLogger("trio_chatruns")
 
 Producer = Callable[..., Awaitable[object]]
 """An async function called as ``producer(run, *args)`` with the run's
 :class:`ChatRun` handle."""
+
+
+class SupervisedRun(Protocol):
+    """What :func:`run_producer` reads and calls on a run's state: the core's
+    ``RunState``, and the Redis backend's ``OwnedRun``."""
+
+    conversation_id: str
+    run_id: str
+    terminated_at: float | None
+    cancel_scope: trio.CancelScope | None
+    producer_started: bool
+    producer_running: bool
+    interrupt_requested: bool
+
+    def mark_terminal(self, status: ChatRunStatus) -> bool: ...
+
+    def end_cancelled(self, error: str | Unset | None = UNSET) -> None: ...
+
+    def update(
+        self,
+        status: ChatRunStatus | str,
+        current_tool: str | Unset | None = UNSET,
+        error: str | Unset | None = UNSET,
+    ) -> None: ...
+
+
+S = TypeVar("S", bound=SupervisedRun)
 
 
 def split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
@@ -44,13 +70,16 @@ def _describe(exc: BaseException) -> str:
 
 
 async def run_producer(
-    run: ChatRun,
-    state: RunState,
+    run: object,
+    state: S,
     producer: Producer,
     args: tuple[Any, ...],
-    on_exit: Callable[[RunState], None],
+    on_exit: Callable[[S], None],
 ) -> None:
     """Run ``producer(run, *args)`` as the run's task; end the run by how it exits.
+
+    ``run`` is the handle the producer gets (a ``ChatRun``, or the Redis
+    backend's ``RedisChatRun``); ``state`` the run's state behind it.
 
     Unless the run is already terminal (the producer set a terminal status
     itself, and that status stands):
@@ -100,7 +129,7 @@ async def run_producer(
         _end_run(state, interrupted=False, error=None)
 
 
-def _end_run(state: RunState, *, interrupted: bool, error: BaseException | None) -> None:
+def _end_run(state: SupervisedRun, *, interrupted: bool, error: BaseException | None) -> None:
     if error is not None:
         logger.error(
             "producer of run %s (conversation %r) raised",

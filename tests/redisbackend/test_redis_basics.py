@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import trio
 
@@ -14,6 +16,9 @@ from trio_chatruns import (
     RunTerminated,
 )
 from trio_chatruns.redis import open_redis_chat_runs
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
 
 
 async def park(run) -> None:
@@ -142,3 +147,23 @@ async def test_closing_cancels_owned_runs(redis_client, key_prefix) -> None:
         runs2 = runs
     with pytest.raises(RuntimeError):
         await runs2.try_start("d", park)
+
+
+@pytest.mark.parametrize(
+    "make_error",
+    [
+        lambda: ValueError("from the body"),
+        lambda: ExceptionGroup("mine", [ValueError("a"), KeyError("b")]),
+        lambda: ExceptionGroup("one", [ValueError("only")]),
+    ],
+    ids=["error", "group", "one-leaf-group"],
+)
+async def test_an_error_from_the_body_propagates_as_itself(
+    redis_client, key_prefix, make_error
+) -> None:
+    error = make_error()
+    with pytest.raises(Exception) as info:
+        async with open_redis_chat_runs(redis_client, key_prefix=key_prefix) as runs:
+            await runs.try_start("c", park)
+            raise error
+    assert info.value is error

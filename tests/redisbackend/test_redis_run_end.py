@@ -73,3 +73,29 @@ async def test_options_not_implemented_yet_are_refused(redis_client, key_prefix)
         assert await runs.queued("c") == []
         run.interrupt()
         await run.wait()
+
+
+async def test_hook_called_with_no_events_when_redis_is_too_slow_to_read_them(
+    redis_client, key_prefix, monkeypatch
+) -> None:
+    calls = []
+
+    async def hook(record, events) -> None:
+        calls.append((record, list(events)))
+
+    async def one(run) -> None:
+        run.push_frame("a")
+
+    async with open_redis_chat_runs(redis_client, key_prefix=key_prefix, on_run_end=hook) as runs:
+
+        async def unanswered(*args, **kwargs):
+            await trio.sleep_forever()
+
+        # Redis does not answer the read of the frames for the hook.
+        monkeypatch.setattr(runs._store, "frames", unanswered)
+        run = await runs.try_start("c", one)
+        await run.wait()
+    # Leaving waited for the hook: called once, with no events.
+    assert [(r.run_id, r.status, r.latest_seq, e) for r, e in calls] == [
+        (run.run_id, ChatRunStatus.COMPLETED, 1, [])
+    ]

@@ -33,7 +33,12 @@ from .._run_end import RunEndHooks
 from .._status import ChatRunStatus, StartPolicy
 from .._util import UNSET, NoPublicConstructor, Unset, check_conversation_id
 from ._codec import decode_entries, decode_record, entry_seq
-from ._errors import TRANSIENT_ERRORS, describe, unavailable_on_connection_errors
+from ._errors import (
+    TRANSIENT_ERRORS,
+    RedisUnavailable,
+    describe,
+    unavailable_on_connection_errors,
+)
 from ._follower import Follower, RedisSubscription
 from ._owned import OwnedRun, RedisChatRun
 from ._producer import run_owned_producer
@@ -219,18 +224,30 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         if self._owned.get(state.conversation_id) is state:
             del self._owned[state.conversation_id]
         if written:
-            events: builtins.list[ChatRunEvent] = []
-            try:
-                if self._hooks is not None:
-                    events = await self._stored_events(state.conversation_id, state.run_id)
-            except TRANSIENT_ERRORS as exc:
-                logger.warning(
-                    "could not read the frames of ended run %s for on_run_end: %s",
-                    state.run_id,
-                    describe(exc),
-                )
             if self._hooks is not None:
-                self._hooks.schedule(state.snapshot(), events)
+                # The hook is called exactly once for every run that ends
+                # (API.md): scheduled in ``finally`` with what could be read,
+                # the read bounded to leave time within the writer's bound.
+                events: builtins.list[ChatRunEvent] = []
+                try:
+                    with trio.move_on_after(_HOOK_READ_BOUND) as read_scope:
+                        events = await self._stored_events(state.conversation_id, state.run_id)
+                    if read_scope.cancelled_caught:
+                        logger.warning(
+                            "could not read the frames of ended run %s for on_run_end "
+                            "within %.1f s; the hook gets no events",
+                            state.run_id,
+                            _HOOK_READ_BOUND,
+                        )
+                except TRANSIENT_ERRORS as exc:
+                    logger.warning(
+                        "could not read the frames of ended run %s for on_run_end: %s; "
+                        "the hook gets no events",
+                        state.run_id,
+                        describe(exc),
+                    )
+                finally:
+                    self._hooks.schedule(state.snapshot(), events)
             await self._index_end(state.conversation_id, state.run_id)
         elif state.gone and self._hooks is not None:
             self._hooks.schedule(state.snapshot(), [])
@@ -545,12 +562,25 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         )
 
     async def _follower_for(self, conversation_id: str, run_id: str, after: int) -> Follower:
-        follower = self._followers.get(run_id)
-        if follower is not None:
+        """The run's follower on this worker, primed; the first caller primes it.
+
+        If priming fails with an error, every waiting caller gets its own
+        :class:`RedisUnavailable` chained from it. A cancellation (or a group
+        holding one) belongs to the task it was delivered to: it propagates
+        there only, and the waiting callers retry with a fresh follower.
+        """
+        while True:
+            follower = self._followers.get(run_id)
+            if follower is None:
+                break
             await follower.ready.wait()
             if follower.failed is not None:
-                raise follower.failed
-            return follower
+                raise RedisUnavailable("subscribe", describe(follower.failed)) from (
+                    follower.failed
+                )
+            if follower.primed:
+                return follower
+            # Its primer was cancelled: try again (this task may prime it).
         block_ms = max(10, min(1000, int(self._lease * 500)))
         follower = Follower(
             self._store,
@@ -566,9 +596,14 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         try:
             await follower.prime(after)
         except BaseException as exc:
-            follower.failed = exc
+            # Only an error is shared with the waiters; never a Cancelled,
+            # KeyboardInterrupt or a group holding one (not an Exception).
+            if isinstance(exc, Exception):
+                follower.failed = exc
             self._forget_follower(follower)
             raise
+        else:
+            follower.primed = True
         finally:
             follower.ready.set()
         self._services.start_soon(
@@ -597,6 +632,11 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
 
 CLOSE_BOUND = 5.0
 """Seconds, beyond ``write_timeout``, that closing gives the writers."""
+
+_HOOK_READ_BOUND = 1.0
+"""Seconds the owner spends reading an ended run's frames for ``on_run_end``;
+shorter than the writer's bound on the end's duties (``_writer._END_BOUND``)
+so the hook is still scheduled, with no events, when Redis is slow."""
 
 
 def _no_change(state: OwnedRun) -> None:

@@ -72,7 +72,10 @@ class Follower:
         # The run vanished from Redis before its end marker was read.
         self.lost = False
         self.ready = trio.Event()
-        self.failed: BaseException | None = None
+        # Set with ``ready``: primed, or the error priming raised (neither
+        # when the primer was cancelled: waiters then start a fresh follower).
+        self.primed = False
+        self.failed: Exception | None = None
         self.cancel_scope = trio.CancelScope()
         self.on_done = on_done
         self.on_reaped = on_reaped
@@ -261,6 +264,8 @@ class RedisSubscription(metaclass=NoPublicConstructor):
             trio.ClosedResourceError: the ``async with`` block was already left.
         """
         if self._closed:
+            # A cancel point like every other call (Trio's rules), as the core's.
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise trio.ClosedResourceError("this subscription was closed")
         await trio.lowlevel.checkpoint_if_cancelled()
         self._since_schedule += 1

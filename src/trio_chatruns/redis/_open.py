@@ -17,7 +17,7 @@ import trio
 
 from .._config import RegistryConfig
 from .._counters import Counters
-from .._registry import _is_async_callable, _same_error
+from .._registry import _is_async_callable, _raise_unwrapped, _same_error
 from .._run_end import RunEndHook, RunEndHooks
 from ._backend import RedisChatRuns
 from ._errors import unavailable_on_connection_errors
@@ -154,17 +154,13 @@ async def open_redis_chat_runs(
                     backend._close()
             services.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        # Two nurseries: a body error may come wrapped twice.
-        error: BaseException = group
-        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-            error = error.exceptions[0]
-        if error is group:
-            raise
-        if body_error is not None and _same_error(error, body_error):
-            error = body_error
-        context = error.__context__
-        try:
-            raise error
-        finally:
-            error.__context__ = context
-            del error, group, body_error
+        # Nested nurseries: a body error may come wrapped more than once.
+        # Peel the wrappers down to the one around it, then unwrap as the
+        # core's registry does.
+        while (
+            len(group.exceptions) == 1
+            and isinstance(group.exceptions[0], BaseExceptionGroup)
+            and not (body_error is not None and _same_error(group.exceptions[0], body_error))
+        ):
+            group = group.exceptions[0]
+        _raise_unwrapped(group, body_error)
