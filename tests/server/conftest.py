@@ -12,7 +12,6 @@ import json
 import socket
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from functools import partial
 from typing import Any
 
 import attrs
