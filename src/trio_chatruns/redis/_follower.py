@@ -278,8 +278,15 @@ class RedisSubscription(metaclass=NoPublicConstructor):
             elif self._receive is None:
                 await self._end()
             else:
+                # A queued event is taken without a scheduling round (the
+                # checkpoints above bound how long this task runs unscheduled).
                 try:
-                    event = await self._receive.receive()
+                    event = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        event = await self._receive.receive()
+                    except trio.EndOfChannel:
+                        await self._end()
                 except trio.EndOfChannel:
                     await self._end()
             # A live frame may repeat one replayed from Redis (joined while
