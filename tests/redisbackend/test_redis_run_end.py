@@ -56,17 +56,11 @@ async def test_failing_hook_is_counted_and_changes_nothing(redis_client, key_pre
         assert (await runs.get("c")).status is ChatRunStatus.COMPLETED
 
 
-async def test_options_not_implemented_yet_are_refused(redis_client, key_prefix) -> None:
-    with pytest.raises(ValueError, match="byte budgets"):
-        async with open_redis_chat_runs(redis_client, RegistryConfig(max_bytes_per_run=1000)):
-            pass
+async def test_bad_options_are_refused(redis_client, key_prefix) -> None:
     with pytest.raises(TypeError):
         async with open_redis_chat_runs(redis_client, on_run_end=lambda r, e: None):
             pass
     async with open_redis_chat_runs(redis_client, key_prefix=key_prefix) as runs:
-        for policy in ("interrupt", "enqueue"):
-            with pytest.raises(NotImplementedError, match=policy):
-                await runs.try_start("c", park, if_active=policy)
         with pytest.raises(ValueError):
             await runs.try_start("c", park, if_active="shove")
         run = await runs.try_start("c", park, if_active="reject")

@@ -169,11 +169,11 @@ class Follower:
     async def _check_alive(self) -> None:
         """Nothing new within a block: reap a run whose owner's lease lapsed
         (its end marker then follows), and stop if the run is gone."""
-        flat, _, reaped = await self.store.read(self.conversation_id)
+        flat, _, reaped = await self.store.read(self.conversation_id, self.run_id)
         if reaped:
             await self.on_reaped(self.conversation_id, reaped, flat)
         if flat:
-            return  # held (and reaped if it had lapsed): keep reading
+            return  # held, current or queued (and reaped if it had lapsed): keep reading
         # No record: evicted or expired. Its stream outlives it a little, so
         # read what is left; if that holds no end, the run is gone for good.
         entries = await self.store.frames(

@@ -17,8 +17,9 @@ import trio
 
 from .._config import RegistryConfig
 from .._counters import Counters
-from .._registry import _is_async_callable, _raise_unwrapped, _same_error
+from .._registry import _raise_unwrapped, _same_error
 from .._run_end import RunEndHook, RunEndHooks
+from .._util import is_async_callable
 from ._backend import RedisChatRuns
 from ._errors import unavailable_on_connection_errors
 from ._keys import KeyLayout
@@ -94,21 +95,14 @@ async def open_redis_chat_runs(
             (``run_end_failures``). Leaving the block waits for them.
 
     Raises:
-        TypeError / ValueError: a bad argument; ``ValueError`` for byte
-            budgets (``max_bytes_per_run``, ``max_retained_bytes``), which
-            this backend does not implement yet.
+        TypeError / ValueError: a bad argument.
         RedisUnavailable: Redis cannot be reached when opening.
     """
     if config is None:
         config = RegistryConfig()
     elif not isinstance(config, RegistryConfig):
         raise TypeError(f"config must be a RegistryConfig or None, not {config!r}")
-    if config.max_bytes_per_run is not None or config.max_retained_bytes is not None:
-        raise ValueError(
-            "byte budgets (max_bytes_per_run, max_retained_bytes) are not implemented by "
-            f"the Redis backend yet; got {config!r}"
-        )
-    if on_run_end is not None and not _is_async_callable(on_run_end):
+    if on_run_end is not None and not is_async_callable(on_run_end):
         raise TypeError(f"on_run_end must be an async function or None, not {on_run_end!r}")
     lease = _positive_seconds("lease", lease)
     write_timeout = _positive_seconds("write_timeout", write_timeout)
@@ -143,8 +137,8 @@ async def open_redis_chat_runs(
                     counters,
                 )
                 with unavailable_on_connection_errors("opening the backend"):
-                    await services.start(listen_interrupts, store, worker_id, backend._owned)
-                services.start_soon(renew_leases, store, backend._owned, lease)
+                    await services.start(listen_interrupts, store, worker_id, backend._on_message)
+                services.start_soon(renew_leases, store, backend._owned, lease, backend._on_renewed)
                 try:
                     yield backend
                 except BaseException as exc:
