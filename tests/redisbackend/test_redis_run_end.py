@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from trio_chatruns import ChatRunStatus, RegistryConfig
+from trio_chatruns import ChatRunStatus
 from trio_chatruns.redis import open_redis_chat_runs
 
 

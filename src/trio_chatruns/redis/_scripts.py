@@ -291,8 +291,9 @@ if cur[1] ~= id then
 end
 local current = key == RUN_KEY
 if cur[1] == id and cur[2] == ARGV[10] and TERMINAL[cur[2]] then
-  -- This end, run again by a client retry: it was written.
-  return {'ok', tostring(now), '0', cur[4] or '0', ended()}
+  -- This end, run again by a client retry: it was written (and, if the run
+  -- is no longer current, it was replaced or was a queued run: not retained).
+  return {'ok', tostring(now), current and '0' or '1', cur[4] or '0', ended()}
 end
 if cur[1] ~= id or not cur[2] or TERMINAL[cur[2]] then
   return {'lost', cur[2] or ''}
@@ -336,6 +337,7 @@ if TERMINAL[status] then
     replaced = finish_current(id, status, err, now, false)
   else
     finish_queued(id, status, err, now, false, false)
+    replaced = true  -- a queued run that ended is never retained
   end
 elseif current then
   if status == 'queued' then status = 'running' end  -- started meanwhile
