@@ -389,7 +389,8 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         that stay current. Synchronous: hooks are scheduled in end order."""
         for flat, index in ended_runs(ended):
             record = decode_record(conversation_id, flat)
-            logger.warning(
+            logger.log(
+                logging.WARNING if record.status is ChatRunStatus.FAILED else logging.INFO,
                 "run %s (conversation %r) ended %s by this worker: %s",
                 record.run_id,
                 conversation_id,
