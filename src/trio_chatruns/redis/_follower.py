@@ -169,7 +169,7 @@ class Follower:
     async def _check_alive(self) -> None:
         """Nothing new within a block: reap a run whose owner's lease lapsed
         (its end marker then follows), and stop if the run is gone."""
-        flat, _, reaped = await self.store.read(self.conversation_id, self.run_id)
+        flat, _, reaped = await self.store.read(self.conversation_id, self.run_id, ended_too=True)
         if reaped:
             await self.on_reaped(self.conversation_id, reaped, flat)
         if flat:

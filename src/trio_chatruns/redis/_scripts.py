@@ -381,16 +381,20 @@ as it ended elsewhere, ``''`` when Redis no longer holds it). O(1)."""
 READ = (
     _PRELUDE
     + r"""
--- ARGV[9] a run id, or '' for the current run. Returns {ended, first stream
--- entry id or '', field, value, ...}: no fields when there is no such run
--- (the current one, or the current or a queued one with that id).
+-- ARGV[9] a run id, or '' for the current run; ARGV[10] '1': also a run
+-- that ended while not current (kept for the grace time). Returns {ended,
+-- first stream entry id or '', field, value, ...}: no fields when there is
+-- no such run (the current one, or the current or a queued one with that id).
 local now = now_ms()
 reap(now)
 local id = ARGV[9]
 local key = RUN_KEY
 if id ~= '' and redis.call('HGET', RUN_KEY, 'run_id') ~= id then
   key = qkey(id)
-  if redis.call('HGET', key, 'status') ~= 'queued' then return {ended(), ''} end
+  local status = redis.call('HGET', key, 'status')
+  if status ~= 'queued' and not (ARGV[10] == '1' and TERMINAL[status]) then
+    return {ended(), ''}
+  end
 end
 local fields = redis.call('HGETALL', key)
 if #fields == 0 then return {ended(), ''} end

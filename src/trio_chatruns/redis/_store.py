@@ -212,14 +212,16 @@ class RedisStore:
         return results
 
     async def read(
-        self, conversation_id: str, run_id: str | None = None
+        self, conversation_id: str, run_id: str | None = None, *, ended_too: bool = False
     ) -> tuple[list[Any], str, str]:
         """Run :data:`~._scripts.READ`: ``(flat run hash, oldest stream entry id,
         the runs it ended as JSON or '')``; the hash list is empty when there
         is no run (or, with ``run_id``, when that run is neither the current
-        nor a queued one)."""
+        nor a queued one, nor with ``ended_too`` one that ended while not
+        current a few seconds ago)."""
         reply: Any = await self._read(
-            self._keys(conversation_id), [*self._common(conversation_id), run_id or ""]
+            self._keys(conversation_id),
+            [*self._common(conversation_id), run_id or "", "1" if ended_too else "0"],
         )
         values = list(reply)
         return values[2:], text(values[1]), text(values[0])
