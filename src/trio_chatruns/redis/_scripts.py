@@ -457,10 +457,11 @@ INDEX = r"""
 -- (hash, field '#total': their sum; same slot through the hash tag).
 -- ARGV[1] member to add ('' for none), ARGV[2] retention ms (-1: forever),
 -- ARGV[3] cap of retained runs, ARGV[4] bytes of the added member,
--- ARGV[5] max retained bytes (-1: none), ARGV[6] member to drop ('' for none).
+-- ARGV[5] max retained bytes (-1: none), ARGV[6] member to drop ('' for none),
+-- ARGV[7] '1' when bytes are measured (either budget set).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local measured = tonumber(ARGV[5]) >= 0
+local measured = ARGV[7] == '1'
 local function forget(member)
   if measured then
     local b = tonumber(redis.call('HGET', KEYS[2], member) or '0')
@@ -496,8 +497,8 @@ if over > 0 then
   end
 end
 out[2] = #out - 2
-if measured then
-  local budget = tonumber(ARGV[5])
+local budget = tonumber(ARGV[5])
+if measured and budget >= 0 then
   while tonumber(redis.call('HGET', KEYS[2], '#total') or '0') > budget do
     local popped = redis.call('ZPOPMIN', KEYS[1], 1)
     if #popped == 0 then break end

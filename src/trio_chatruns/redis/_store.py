@@ -274,6 +274,7 @@ class RedisStore:
                 size,
                 _budget(self.config.max_retained_bytes),
                 dropped,
+                "1" if self.measures_bytes else "0",
             ],
         )
         values = [text(v) for v in reply]
