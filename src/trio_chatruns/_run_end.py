@@ -15,16 +15,12 @@ from ._counters import Counters
 from ._producer import split_cancelled
 from ._records import ChatRunEvent, ChatRunRecord
 
-__all__ = ["EventsFetch", "RunEndHook", "RunEndHooks"]
+__all__ = ["RunEndHook", "RunEndHooks"]
 
 logger = logging.getLogger("trio_chatruns")
 
 RunEndHook = Callable[[ChatRunRecord, Sequence[ChatRunEvent]], Awaitable[None]]
 """``async def hook(record: ChatRunRecord, events: Sequence[ChatRunEvent]) -> None``."""
-
-EventsFetch = Callable[[], Awaitable[Sequence[ChatRunEvent]]]
-"""Reads a run's events for its hook call (the Redis backend reads them from
-Redis); called inside the call's timeout."""
 
 
 class RunEndHooks:
@@ -51,14 +47,10 @@ class RunEndHooks:
         self._timeout = timeout
         self._nursery = nursery
         self._counters = counters
-        self._pending: dict[
-            str, deque[tuple[ChatRunRecord, Sequence[ChatRunEvent] | EventsFetch]]
-        ] = {}
+        self._pending: dict[str, deque[tuple[ChatRunRecord, Sequence[ChatRunEvent]]]] = {}
 
-    def schedule(self, record: ChatRunRecord, events: Sequence[ChatRunEvent] | EventsFetch) -> None:
-        """Queue the hook call for a run that just ended; ``events`` may be an
-        :data:`EventsFetch`, awaited within the call's timeout (if it raises
-        an ``Exception``, that is logged and the hook gets no events)."""
+    def schedule(self, record: ChatRunRecord, events: Sequence[ChatRunEvent]) -> None:
+        """Queue the hook call for a run that just ended."""
         conversation_id = record.conversation_id
         queue = self._pending.get(conversation_id)
         if queue is not None:
@@ -79,15 +71,11 @@ class RunEndHooks:
         finally:
             del self._pending[conversation_id]
 
-    async def _call(
-        self, record: ChatRunRecord, events: Sequence[ChatRunEvent] | EventsFetch
-    ) -> None:
+    async def _call(self, record: ChatRunRecord, events: Sequence[ChatRunEvent]) -> None:
         deadline = trio.current_time() + self._timeout if math.isfinite(self._timeout) else math.inf
         failed = False
         with trio.CancelScope(deadline=deadline, shield=True) as scope:
             try:
-                if callable(events):
-                    events = await _fetch(record, events)
                 await self._hook(record, events)
             except BaseException as exc:
                 cancelled, error = split_cancelled(exc)
@@ -114,17 +102,3 @@ class RunEndHooks:
                 record.conversation_id,
                 self._timeout,
             )
-
-
-async def _fetch(record: ChatRunRecord, fetch: EventsFetch) -> Sequence[ChatRunEvent]:
-    try:
-        return await fetch()
-    except Exception as exc:
-        logger.warning(
-            "could not read the events of run %s (conversation %r) for on_run_end: %s; "
-            "the hook gets no events",
-            record.run_id,
-            record.conversation_id,
-            exc,
-        )
-        return ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from trio_chatruns import ChatRunStatus
+from trio_chatruns import ChatRunStatus, RegistryConfig
 from trio_chatruns.redis import open_redis_chat_runs
 
 
@@ -93,3 +93,37 @@ async def test_hook_called_with_no_events_when_redis_is_too_slow_to_read_them(
     assert [(r.run_id, r.status, r.latest_seq, e) for r, e in calls] == [
         (run.run_id, ChatRunStatus.COMPLETED, 1, [])
     ]
+
+
+async def test_the_hook_of_a_reaped_run_is_bounded_and_counted(redis_client, key_prefix) -> None:
+    """A run whose owner died is ended by the worker that reaps it; its hook
+    call gets the frames from the reaping script itself (no read that could
+    hang or fail), and is bounded by run_end_timeout like any other."""
+    from trio_chatruns.redis._keys import KeyLayout
+    from trio_chatruns.redis._store import RedisStore
+
+    calls = []
+
+    async def hook(record, events) -> None:
+        calls.append((record.run_id, record.status, [e.frame for e in events]))
+        await trio.sleep_forever()  # hangs: cancelled after run_end_timeout
+
+    config = RegistryConfig(run_end_timeout=0.2)
+    ghost = RedisStore(redis_client, KeyLayout(key_prefix), config, lease=0.05)
+    dead_id = "f" * 32
+    assert (await ghost.start("c", dead_id, "ghost", "reject", 8)).outcome == "started"
+    assert await ghost.write("c", dead_id, [(1, 1.0, '"last words"', -1)], "running", None, None)
+    async with open_redis_chat_runs(
+        redis_client, config, key_prefix=key_prefix, on_run_end=hook
+    ) as runs:
+        while True:  # until the lease lapsed and a read reaped it
+            record = await runs.get("c")
+            if record.status is ChatRunStatus.FAILED:
+                break
+            await trio.sleep(0.02)
+        assert record.run_id == dead_id
+        while True:
+            if (await runs.stats()).run_end_failures == 1:
+                break
+            await trio.sleep(0.02)
+    assert calls == [(dead_id, ChatRunStatus.FAILED, ["last words"])]

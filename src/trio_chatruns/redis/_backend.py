@@ -15,7 +15,6 @@ change in Redis is one Lua script (``_scripts.py``); the key layout is in
 from __future__ import annotations
 
 import builtins
-import functools
 import logging
 import os
 import time
@@ -384,10 +383,12 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
 
     def _end_duties(self, conversation_id: str, ended: str) -> None:
         """The end's duties for the runs a script of ours ended for others
-        (``ended``, its JSON): end them here if owned here, schedule the
-        hook (reading the frames within the hook's timeout), index the ones
-        that stay current. Synchronous: hooks are scheduled in end order."""
-        for flat, index in ended_runs(ended):
+        (``ended``, its JSON, with each run's record and frames): end them
+        here if owned here, schedule the hook (bounded by ``run_end_timeout``
+        and counted in ``run_end_failures`` like every hook call), index the
+        ones that stay current. Synchronous and needing no read: hooks are
+        scheduled in end order, exactly once."""
+        for flat, index, entries in ended_runs(ended):
             record = decode_record(conversation_id, flat)
             logger.log(
                 logging.WARNING if record.status is ChatRunStatus.FAILED else logging.INFO,
@@ -401,9 +402,8 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
             if state is not None:
                 state.end_elsewhere(record.status, record.last_error)
             if self._hooks is not None:
-                self._hooks.schedule(
-                    record, functools.partial(self._stored_events, conversation_id, record.run_id)
-                )
+                events, _ = decode_entries(conversation_id, record.run_id, entries)
+                self._hooks.schedule(record, events)
             if index:
                 size = int(flat_field(flat, "bytes") or 0)
                 self._services.start_soon(self._index_end, conversation_id, record.run_id, size)

@@ -26,9 +26,11 @@ for the grace time, so their owner can learn how they ended.
 Scripts that may end runs of other workers (``START``, ``READ``, ``QUEUED``)
 first *reap*: an active or queued run whose owner's lease lapsed is ended
 ``failed`` there. Every run a script ended for someone else comes back in
-its reply as JSON (``[[field, value, ...], ...]``, with ``~index`` = ``1``
-when the run stays current and must be indexed for retention), so the caller
-does its end's duties (run-end hook, retention index).
+its reply as JSON (``[[[field, value, ...], [stream entry, ...]], ...]``,
+with ``~index`` = ``1`` when the run stays current and must be indexed for
+retention), so the caller does its end's duties (run-end hook with those
+frames, retention index) with no further read: the run's keys may be gone
+(replaced, evicted) by the time the hook is called.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ local function finish_queued(id, status, err, now, frame, tell)
     local rec = redis.call('HGETALL', key)
     rec[#rec + 1] = '~index'
     rec[#rec + 1] = '0'
-    ENDED[#ENDED + 1] = rec
+    ENDED[#ENDED + 1] = {rec, redis.call('XRANGE', fkey(id), '-', '+')}
   end
 end
 
@@ -174,9 +176,13 @@ end
 -- End the current run; the next queued run (if any) replaces it at once.
 -- Returns true when it was replaced (then it is not retained).
 local function finish_current(run_id, status, err, now, tell)
+  local entries = false
   end_fields(RUN_KEY, run_id, status, err, now)
   local rec = false
-  if tell then rec = redis.call('HGETALL', RUN_KEY) end
+  if tell then
+    rec = redis.call('HGETALL', RUN_KEY)
+    entries = redis.call('XRANGE', fkey(run_id), '-', '+')
+  end
   local replaced = promote(now)
   if not replaced and RETENTION_MS >= 0 then
     if RETENTION_MS == 0 then
@@ -189,7 +195,7 @@ local function finish_current(run_id, status, err, now, tell)
   if rec then
     rec[#rec + 1] = '~index'
     rec[#rec + 1] = replaced and '0' or '1'
-    table.insert(ENDED, 1, rec)
+    table.insert(ENDED, 1, {rec, entries})
   end
   return replaced
 end

@@ -59,19 +59,32 @@ class EndInfo:
     ended: str
 
 
-def ended_runs(blob: str) -> list[tuple[Flat, bool]]:
+@attrs.frozen
+class StreamEntry:
+    """A stream entry as a script returned it (the shape coredis gives)."""
+
+    identifier: str
+    field_values: dict[str, str]
+
+
+def ended_runs(blob: str) -> list[tuple[Flat, bool, list[StreamEntry]]]:
     """The runs a script ended for others, from its JSON: ``(flat hash, index
-    it for retention)`` each, in the order they ended."""
+    it for retention, its stream's entries)`` each, in the order they ended."""
     if not blob:
         return []
     runs = []
-    for flat in json.loads(blob):
+    for flat, raw_entries in json.loads(blob):
         fields = [text(v) for v in flat]
         index = False
         if len(fields) >= 2 and fields[-2] == "~index":
             index = fields[-1] == "1"
             del fields[-2:]
-        runs.append((fields, index))
+        entries = [
+            StreamEntry(entry_id, dict(zip(values[::2], values[1::2], strict=True)))
+            # cjson encodes an empty Lua table as an object.
+            for entry_id, values in (raw_entries if isinstance(raw_entries, list) else [])
+        ]
+        runs.append((fields, index, entries))
     return runs
 
 
