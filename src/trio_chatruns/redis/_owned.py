@@ -19,6 +19,7 @@ import trio
 from .._config import RegistryConfig
 from .._exceptions import RunTerminated
 from .._frame_size import checked_size, default_frame_size
+from .._handle import RunHandle
 from .._records import ChatRunRecord
 from .._run import INTERRUPTED_FRAME_TYPE
 from .._status import ChatRunStatus
@@ -167,21 +168,8 @@ class OwnedRun:
         self._changed()
 
     def _check_status(self, status: ChatRunStatus | str) -> ChatRunStatus:
-        """``status`` as a member, if this run may move to it (the core's rules:
-        ``queued`` is set by the backend only; a queued run takes a terminal
-        status only)."""
-        new_status = ChatRunStatus.coerce(status)
-        if new_status is ChatRunStatus.QUEUED:
-            raise ValueError(
-                f"status 'queued' is set by the backend only (run {self.run_id!r}, "
-                f"conversation {self.conversation_id!r})"
-            )
-        if self.status is ChatRunStatus.QUEUED and not new_status.is_terminal:
-            raise ValueError(
-                f"run {self.run_id!r} (conversation {self.conversation_id!r}) is queued; "
-                f"it becomes running when the backend starts it, not {new_status.value!r}"
-            )
-        return new_status
+        """``status`` as a member, if this run may move to it (the core's rules)."""
+        return self.status.check_move(status, self.run_id, self.conversation_id)
 
     def _account(self, size: int) -> None:
         """Keep ``bytes`` as the WRITE script keeps the stream's: the newest
@@ -275,78 +263,21 @@ class OwnedRun:
 
 
 @final
-class RedisChatRun(metaclass=NoPublicConstructor):
+class RedisChatRun(RunHandle[OwnedRun], metaclass=NoPublicConstructor):
     """Handle on a run this worker owns, returned by
     :meth:`RedisChatRuns.try_start` and passed to the producer.
 
-    The same methods as :class:`~trio_chatruns.ChatRun`, all synchronous and
-    atomic except :meth:`wait`. ``push_frame`` never waits on the network:
-    frames reach Redis through the run's writer task, in order, batched.
-    Frames must be JSON-serialisable (``TypeError`` otherwise).
+    The methods of :class:`~trio_chatruns.ChatRun` (the same base,
+    :class:`~trio_chatruns._handle.RunHandle`), all synchronous and atomic
+    except :meth:`wait`. ``push_frame`` never waits on the network: frames
+    reach Redis through the run's writer task, in order, batched; ``record``
+    is the run as this worker holds it (it may be ahead of Redis by the
+    frames still being written). Frames must be JSON-serialisable
+    (``TypeError`` otherwise). A ``push_frame`` on a run another worker
+    ended (after this worker lost its lease) raises ``RunTerminated``.
     """
 
-    __slots__ = ("_state",)
-
-    def __init__(self, state: OwnedRun) -> None:
-        self._state = state
-
-    def __repr__(self) -> str:
-        state = self._state
-        return (
-            f"<RedisChatRun {state.run_id} conversation={state.conversation_id!r} "
-            f"status={state.status.value} latest_seq={state.latest_seq}>"
-        )
-
-    @property
-    def conversation_id(self) -> str:
-        """The conversation this run belongs to (``str``)."""
-        return self._state.conversation_id
-
-    @property
-    def run_id(self) -> str:
-        """This run's unique id (32 hex digits)."""
-        return self._state.run_id
-
-    @property
-    def record(self) -> ChatRunRecord:
-        """A snapshot of the run as this worker holds it (it may be ahead of
-        Redis by the frames still being written)."""
-        return self._state.snapshot()
-
-    def push_frame(
-        self,
-        frame: Any,
-        *,
-        status: ChatRunStatus | str | None = None,
-        current_tool: str | Unset | None = UNSET,
-        error: str | Unset | None = UNSET,
-    ) -> int:
-        """Append ``frame`` (JSON-serialisable) to the run; return its seq.
-
-        As :meth:`trio_chatruns.ChatRun.push_frame`; the frame is written to
-        Redis by the writer task shortly after, never waited for here.
-
-        Raises:
-            RunTerminated: the run already ended (here, or by another worker
-                after this worker lost its lease).
-            TypeError / ValueError: a bad argument, or a frame JSON cannot
-                encode; nothing is pushed.
-        """
-        return self._state.push_frame(frame, status, current_tool, error)
-
-    def update(
-        self,
-        status: ChatRunStatus | str,
-        *,
-        current_tool: str | Unset | None = UNSET,
-        error: str | Unset | None = UNSET,
-    ) -> None:
-        """Set the status (and fields) without a frame; a terminal status ends the run."""
-        self._state.update(status, current_tool, error)
-
-    def interrupt(self) -> bool:
-        """Request cancellation of the producer; ``False`` if already ended."""
-        return self._state.interrupt()
+    __slots__ = ()
 
     async def wait(self) -> ChatRunRecord:
         """Wait until the run has ended and its end is written to Redis, or
