@@ -12,6 +12,7 @@ from typing import Any
 import coredis
 import pytest
 import trio
+import trio.testing
 
 from trio_chatruns import ChatRunStatus, RegistryConfig, RunAlreadyActive, RunQueueFull
 from trio_chatruns.redis import RedisChatRuns, open_redis_chat_runs
@@ -309,3 +310,52 @@ async def test_the_hook_is_called_once_per_run_across_workers(redis_server, key_
         one.run_id: ("A", CANCELLED),
         four.run_id: ("B", COMPLETED),
     }
+
+
+async def test_hooks_of_one_conversation_run_in_end_order_across_workers(
+    redis_server, key_prefix
+) -> None:
+    """Run 1 ends on A, whose hook is slow; run 2 (queued on B) then ends on
+    B at once: B's hook call waits until A's call is over."""
+    order: list[tuple[str, str]] = []
+    slow = trio.Event()
+
+    async def hook_a(record, events) -> None:
+        order.append(("A starts", record.run_id))
+        await slow.wait()
+        order.append(("A ends", record.run_id))
+
+    async def hook_b(record, events) -> None:
+        order.append(("B starts", record.run_id))
+        order.append(("B ends", record.run_id))
+
+    async def quick(run) -> None:
+        run.push_frame("done")
+
+    cluster = Cluster()
+    async with (
+        coredis.Redis.from_url(redis_server.url) as client_a,
+        coredis.Redis.from_url(redis_server.url) as client_b,
+        open_redis_chat_runs(
+            client_a, key_prefix=key_prefix, worker_id="A", on_run_end=hook_a
+        ) as a,
+        open_redis_chat_runs(
+            client_b, key_prefix=key_prefix, worker_id="B", on_run_end=hook_b
+        ) as b,
+    ):
+        first = await a.try_start("c", cluster.producer, "A", "first")
+        second = await b.try_start("c", quick, if_active="enqueue")
+        cluster.gate("first").set()
+        await first.wait()
+        await second.wait()  # ended on B, its hook scheduled there
+        while not order:
+            await trio.lowlevel.checkpoint()
+        await trio.testing.wait_all_tasks_blocked(0.05)
+        assert order == [("A starts", first.run_id)]  # B waits for its turn
+        slow.set()
+    assert order == [
+        ("A starts", first.run_id),
+        ("A ends", first.run_id),
+        ("B starts", second.run_id),
+        ("B ends", second.run_id),
+    ]

@@ -29,7 +29,6 @@ from .._counters import Counters
 from .._exceptions import ReplayGap, RunAlreadyActive, RunNotFound, RunQueueFull
 from .._producer import Producer
 from .._records import ChatRunEvent, ChatRunRecord, RegistryStats
-from .._run_end import RunEndHooks
 from .._status import ChatRunStatus, StartPolicy
 from .._util import (
     UNSET,
@@ -49,6 +48,7 @@ from ._errors import (
     unavailable_on_connection_errors,
 )
 from ._follower import Follower, RedisSubscription
+from ._hook_order import OrderedRunEndHooks
 from ._owned import OwnedRun, RedisChatRun
 from ._producer import run_owned_producer
 from ._store import RedisStore, ended_runs, flat_field, lost_reason
@@ -93,7 +93,7 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         write_timeout: float,
         runs_nursery: trio.Nursery,
         services: trio.Nursery,
-        hooks: RunEndHooks | None,
+        hooks: OrderedRunEndHooks | None,
         counters: Counters,
     ) -> None:
         self._store = store
@@ -326,29 +326,13 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
             return
         if written:
             if self._hooks is not None:
-                # The hook is called exactly once for every run that ends
-                # (API.md): scheduled in ``finally`` with what could be read,
-                # the read bounded to leave time within the writer's bound.
+                # Called exactly once for every run that ends (API.md), with
+                # the frames the WRITE of the end answered with: no read that
+                # could fail, or find the stream already replaced.
                 events: builtins.list[ChatRunEvent] = []
-                try:
-                    with trio.move_on_after(_HOOK_READ_BOUND) as read_scope:
-                        events = await self._stored_events(state.conversation_id, state.run_id)
-                    if read_scope.cancelled_caught:
-                        logger.warning(
-                            "could not read the frames of ended run %s for on_run_end "
-                            "within %.1f s; the hook gets no events",
-                            state.run_id,
-                            _HOOK_READ_BOUND,
-                        )
-                except TRANSIENT_ERRORS as exc:
-                    logger.warning(
-                        "could not read the frames of ended run %s for on_run_end: %s; "
-                        "the hook gets no events",
-                        state.run_id,
-                        describe(exc),
-                    )
-                finally:
-                    self._hooks.schedule(state.snapshot(), events)
+                if info is not None and info.entries is not None:
+                    events, _ = decode_entries(state.conversation_id, state.run_id, info.entries)
+                self._hooks.schedule(state.snapshot(), events, 0 if info is None else info.end_no)
             if info is not None:
                 # Runs the end's promotion ended (a queued run whose owner died).
                 self._end_duties(state.conversation_id, info.ended)
@@ -403,7 +387,7 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
                 state.end_elsewhere(record.status, record.last_error)
             if self._hooks is not None:
                 events, _ = decode_entries(conversation_id, record.run_id, entries)
-                self._hooks.schedule(record, events)
+                self._hooks.schedule(record, events, int(flat_field(flat, "end_no") or 0))
             if index:
                 size = int(flat_field(flat, "bytes") or 0)
                 self._services.start_soon(self._index_end, conversation_id, record.run_id, size)
@@ -778,11 +762,6 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
 
 CLOSE_BOUND = 5.0
 """Seconds, beyond ``write_timeout``, that closing gives the writers."""
-
-_HOOK_READ_BOUND = 1.0
-"""Seconds the owner spends reading an ended run's frames for ``on_run_end``;
-shorter than the writer's bound on the end's duties (``_writer._END_BOUND``)
-so the hook is still scheduled, with no events, when Redis is slow."""
 
 
 def _no_change(state: OwnedRun) -> None:

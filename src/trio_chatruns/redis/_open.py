@@ -18,10 +18,11 @@ import trio
 from .._config import RegistryConfig
 from .._counters import Counters
 from .._registry import _raise_unwrapped, _same_error
-from .._run_end import RunEndHook, RunEndHooks
+from .._run_end import RunEndHook
 from .._util import is_async_callable
 from ._backend import RedisChatRuns
 from ._errors import unavailable_on_connection_errors
+from ._hook_order import OrderedRunEndHooks
 from ._keys import KeyLayout
 from ._owner_duties import listen_interrupts, renew_leases
 from ._store import RedisStore
@@ -87,12 +88,15 @@ async def open_redis_chat_runs(
         key_prefix (str): the prefix of every key (default ``trio_chatruns``).
         on_run_end: ``async def hook(record, events)``, called once for every
             run that ends, by the worker that wrote the end to Redis (the
-            owner, or the worker that ended a run whose owner's lease lapsed),
-            with the final record and the frames still in the run's stream.
-            On one worker the calls of a conversation run one at a time in
-            the order the runs ended, each bounded by
+            owner; the worker that ended a run whose owner's lease lapsed;
+            the worker whose ``interrupt`` start cancelled queued runs), with
+            the final record and the frames still in the run's stream. For
+            one conversation the calls run one at a time in the order the
+            runs ended, across workers (``_hook_order.py``), each bounded by
             ``config.run_end_timeout``; failures are logged and counted
-            (``run_end_failures``). Leaving the block waits for them.
+            (``run_end_failures``). Leaving the block waits for them. Give
+            every worker a hook, or none: a worker waits for the calls of
+            earlier ends (up to ``run_end_timeout`` + 5 s without progress).
 
     Raises:
         TypeError / ValueError: a bad argument.
@@ -119,11 +123,12 @@ async def open_redis_chat_runs(
         # Outermost, never cancelled: the hooks of every run that ended,
         # including those the closing cancelled, run to their own timeout.
         async with trio.open_nursery() as hooks_nursery, trio.open_nursery() as services:
-            hooks = (
-                None
-                if on_run_end is None
-                else RunEndHooks(on_run_end, config.run_end_timeout, hooks_nursery, counters)
-            )
+            hooks = None
+            if on_run_end is not None:
+                hooks = OrderedRunEndHooks(
+                    on_run_end, config.run_end_timeout, hooks_nursery, counters, store
+                )
+                store.hook_data = True
             async with trio.open_nursery() as runs_nursery:
                 backend = RedisChatRuns._create(
                     store,

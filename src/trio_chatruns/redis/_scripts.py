@@ -37,6 +37,7 @@ from __future__ import annotations
 
 __all__ = [
     "EVICT",
+    "HOOKED",
     "INDEX",
     "INTERRUPT",
     "INTERRUPTED_JSON",
@@ -64,6 +65,7 @@ local RUN_KEY = P .. 'run'
 local QUEUE_KEY = P .. 'queue'
 local INTERRUPTED = '{"type":"interrupted"}'
 local ENDED = {}
+local FIRST_END_NO = false
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -110,9 +112,20 @@ local function append(frames_key, seq, t, f, size, bytes)
   return bytes
 end
 
+-- The conversation's end counter: every end gets the next number, which
+-- orders the run-end hooks of the conversation across workers.
+local function number_end(key)
+  local hooks = P .. 'hooks'
+  local n = redis.call('HINCRBY', hooks, 'ended', 1)
+  if RETENTION_MS >= 0 then redis.call('PEXPIRE', hooks, RETENTION_MS + GRACE_MS) end
+  redis.call('HSET', key, 'end_no', n)
+  FIRST_END_NO = FIRST_END_NO or n
+end
+
 -- Status, times, end marker after the last frame: what every end writes.
 local function end_fields(key, run_id, status, err, now)
   local latest = redis.call('HGET', key, 'latest_seq') or '0'
+  number_end(key)
   redis.call('HSET', key, 'status', status, 'terminated_at', now, 'updated_at', now)
   if err then redis.call('HSET', key, 'last_error', err) end
   redis.call('HDEL', key, 'lease_until', 'interrupt')
@@ -286,7 +299,9 @@ WRITE = (
 -- n, ARGV[16] seq of the first frame (the batch's seqs are contiguous),
 -- ARGV[17] the n timestamps joined by ' ', ARGV[18] the n JSON frames joined
 -- by newlines (JSON escapes every newline inside a value, so none is
--- ambiguous), ARGV[19] the n sizes joined by ' ' ('' when not measured).
+-- ambiguous), ARGV[19] the n sizes joined by ' ' ('' when not measured),
+-- ARGV[20] '1': answer an end with the run's end number and frames (for
+-- the run-end hook).
 local now = now_ms()
 local id = ARGV[9]
 local key = RUN_KEY
@@ -299,7 +314,12 @@ local current = key == RUN_KEY
 if cur[1] == id and cur[2] == ARGV[10] and TERMINAL[cur[2]] then
   -- This end, run again by a client retry: it was written (and, if the run
   -- is no longer current, it was replaced or was a queued run: not retained).
-  return {'ok', tostring(now), current and '0' or '1', cur[4] or '0', ended()}
+  local end_no, entries = '0', ''
+  if ARGV[20] == '1' then
+    end_no = redis.call('HGET', key, 'end_no') or '0'
+    entries = cjson.encode(redis.call('XRANGE', fkey(id), '-', '+'))
+  end
+  return {'ok', tostring(now), current and '0' or '1', cur[4] or '0', ended(), end_no, entries}
 end
 if cur[1] ~= id or not cur[2] or TERMINAL[cur[2]] then
   return {'lost', cur[2] or ''}
@@ -338,24 +358,29 @@ else
 end
 local replaced = false
 local status = ARGV[10]
+local end_no, entries = '0', ''
 if TERMINAL[status] then
+  if ARGV[20] == '1' then entries = cjson.encode(redis.call('XRANGE', fkey(id), '-', '+')) end
   if current then
     replaced = finish_current(id, status, err, now, false)
   else
     finish_queued(id, status, err, now, false, false)
     replaced = true  -- a queued run that ended is never retained
   end
+  end_no = tostring(FIRST_END_NO)
 elseif current then
   if status == 'queued' then status = 'running' end  -- started meanwhile
   redis.call('HSET', key, 'status', status)
 end
-return {'ok', tostring(now), replaced and '1' or '0', tostring(bytes), ended()}
+return {'ok', tostring(now), replaced and '1' or '0', tostring(bytes), ended(), end_no, entries}
 """
 )
 """Append a batch of frames and the run's fields (current or queued run),
 ending it if the status is terminal: ``{'ok', now_ms, replaced, bytes,
-ended}`` (``replaced`` = ``1`` when the end started a queued run, which
-replaced this one), or ``{'lost', status}`` when the run is no longer this
+ended, end number, frames}`` (``replaced`` = ``1`` when the end started a
+queued run, which replaced this one, or the run was a queued one: either way
+it is not retained; the end number and the frames (JSON) when asked, for the
+run-end hook), or ``{'lost', status}`` when the run is no longer this
 one or no longer active. O(n) for n frames (plus O(1) per frame trimmed).
 Idempotent: coredis may retry a call whose reply was lost, so frames at or
 below ``latest_seq`` are skipped and an end already written answers ``ok``."""
@@ -518,3 +543,17 @@ return out
 pop those over the cap, then (with ``max_retained_bytes``) the oldest-ended
 while the retained bytes exceed it: ``{expired count, cap count, popped
 over the cap..., popped over the bytes...}``. O(log N + M) for M removed."""
+
+HOOKED = r"""
+-- KEYS[1] the conversation's hooks hash; ARGV[1] an end number whose hook
+-- call is over, or '' to only read. Returns how far the calls are done.
+local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
+if ARGV[1] ~= '' and tonumber(ARGV[1]) > done and redis.call('EXISTS', KEYS[1]) == 1 then
+  done = tonumber(ARGV[1])
+  redis.call('HSET', KEYS[1], 'done', done)
+end
+return done
+"""
+"""Record that the hook call of end number n is over (the highest wins) and
+answer the highest end number whose call is over: the turn of end n + 1.
+O(1)."""

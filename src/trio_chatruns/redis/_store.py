@@ -49,6 +49,25 @@ class StartReply:
 
 
 @attrs.frozen
+class StreamEntry:
+    """A stream entry as a script returned it (the shape coredis gives)."""
+
+    identifier: str
+    field_values: dict[str, str]
+
+
+def _entries(raw: Any) -> list[StreamEntry]:
+    """Stream entries from a script's JSON (``XRANGE``'s reply)."""
+    # cjson encodes an empty Lua table as an object.
+    if not isinstance(raw, list):
+        return []
+    return [
+        StreamEntry(entry_id, dict(zip(values[::2], values[1::2], strict=True)))
+        for entry_id, values in raw
+    ]
+
+
+@attrs.frozen
 class EndInfo:
     """What the ``WRITE`` of a run's end answered: whether a queued run
     replaced it at once (then it is not indexed for retention), its bytes,
@@ -57,14 +76,8 @@ class EndInfo:
     replaced: bool
     bytes: int
     ended: str
-
-
-@attrs.frozen
-class StreamEntry:
-    """A stream entry as a script returned it (the shape coredis gives)."""
-
-    identifier: str
-    field_values: dict[str, str]
+    end_no: int = 0
+    entries: list[StreamEntry] | None = None
 
 
 def ended_runs(blob: str) -> list[tuple[Flat, bool, list[StreamEntry]]]:
@@ -79,12 +92,7 @@ def ended_runs(blob: str) -> list[tuple[Flat, bool, list[StreamEntry]]]:
         if len(fields) >= 2 and fields[-2] == "~index":
             index = fields[-1] == "1"
             del fields[-2:]
-        entries = [
-            StreamEntry(entry_id, dict(zip(values[::2], values[1::2], strict=True)))
-            # cjson encodes an empty Lua table as an object.
-            for entry_id, values in (raw_entries if isinstance(raw_entries, list) else [])
-        ]
-        runs.append((fields, index, entries))
+        runs.append((fields, index, _entries(raw_entries)))
     return runs
 
 
@@ -126,6 +134,9 @@ class RedisStore:
         self.lease_ms = max(1, int(lease * 1000))
         self.retention_ms = _retention_ms(config.terminal_retention)
         self.measures_bytes = config.measures_bytes
+        # Set when the backend calls a run-end hook: the WRITE of an end then
+        # answers with the run's end number and frames.
+        self.hook_data = False
         self._start = client.register_script(_scripts.START)
         self._write = client.register_script(_scripts.WRITE)
         self._renew = client.register_script(_scripts.RENEW)
@@ -134,6 +145,7 @@ class RedisStore:
         self._interrupt = client.register_script(_scripts.INTERRUPT)
         self._evict = client.register_script(_scripts.EVICT)
         self._index = client.register_script(_scripts.INDEX)
+        self._hooked = client.register_script(_scripts.HOOKED)
         # The answers of the WRITE calls that ended a run, by run id, until
         # the end's duties take them (``take_end``).
         self._ends: dict[str, EndInfo] = {}
@@ -192,12 +204,19 @@ class RedisStore:
             " ".join([repr(frame[1]) for frame in frames]),
             "\n".join([frame[2] for frame in frames]),
             " ".join([str(frame[3]) for frame in frames]) if self.measures_bytes else "",
+            "1" if self.hook_data else "0",
         ]
         reply: Any = await self._write(self._keys(conversation_id), args)
         values = [text(v) for v in reply]
         if values[0] == "ok":
             if status in _TERMINAL:
-                self._ends[run_id] = EndInfo(values[2] == "1", int(values[3]), values[4])
+                self._ends[run_id] = EndInfo(
+                    values[2] == "1",
+                    int(values[3]),
+                    values[4],
+                    int(values[5]),
+                    _entries(json.loads(values[6])) if values[6] else None,
+                )
             return True, ""
         return False, values[1]
 
@@ -303,6 +322,15 @@ class RedisStore:
     async def unindex(self, conversation_id: str, run_id: str) -> None:
         """Drop a replaced run from the retention index."""
         await self.index(None, None, drop=(conversation_id, run_id))
+
+    async def hooked(self, conversation_id: str, end_no: int | None = None) -> int:
+        """Run :data:`~._scripts.HOOKED`: record that the hook call of end
+        number ``end_no`` is over (if given); answer how far they are done."""
+        reply: Any = await self._hooked(
+            [self.keys.conversation(conversation_id) + "hooks"],
+            ["" if end_no is None else end_no],
+        )
+        return int(reply)
 
     async def retained(self) -> tuple[int, int]:
         """How many ended runs the retention index holds (cluster-wide), and
