@@ -289,7 +289,9 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         if lost is not None:
             if lost in _TERMINAL_VALUES:
                 # Ended by another worker (reaped, or cancelled while queued).
-                state.end_elsewhere(ChatRunStatus(lost), lost_reason(lost))
+                status = ChatRunStatus(lost)
+                why = lost_reason(lost) if status is ChatRunStatus.FAILED else UNSET
+                state.end_elsewhere(status, why)
             else:
                 state.pending.clear()
                 state.mark_terminal(
@@ -384,6 +386,7 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
             )
             state = self._owned.get(record.run_id)
             if state is not None:
+                state.latest_seq = max(state.latest_seq, record.latest_seq)
                 state.end_elsewhere(record.status, record.last_error)
             if self._hooks is not None:
                 events, _ = decode_entries(conversation_id, record.run_id, entries)

@@ -132,10 +132,11 @@ local function end_fields(key, run_id, status, err, now)
   redis.call('XADD', fkey(run_id), 'MAXLEN', MAXLEN + 1, latest .. '-1', 'end', status)
 end
 
--- A run that is no longer current keeps its hash at q:<id> for the grace time.
+-- A run that is no longer current keeps its hash at q:<id> for the grace
+-- time, and at least a lease: its owner's next renewal finds how it ended.
 local function retire(key, id)
   if key ~= qkey(id) then redis.call('RENAME', key, qkey(id)) end
-  redis.call('PEXPIRE', qkey(id), GRACE_MS)
+  redis.call('PEXPIRE', qkey(id), math.max(GRACE_MS, LEASE_MS))
   redis.call('PEXPIRE', fkey(id), GRACE_MS)
 end
 
