@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from trio_chatruns import RegistryConfig
 from trio_chatruns.redis._keys import KeyLayout
-from trio_chatruns.redis._store import RedisStore
+from trio_chatruns.redis._store import RedisStore, ended_runs, flat_field
 
 
 async def test_start_and_write_are_idempotent(redis_client, key_prefix) -> None:
@@ -49,3 +49,26 @@ async def test_start_and_write_are_idempotent(redis_client, key_prefix) -> None:
     assert reaped == ""
     # A different end for the same run is refused: it is already over.
     assert await store.write("c", run_id, [], "failed", None, "x") == (False, "completed")
+
+
+async def test_an_end_written_by_another_worker_is_not_taken_for_a_retry(
+    redis_client, key_prefix
+) -> None:
+    """The owner's WRITE of an end answers ``ok`` again only for its own end
+    (a client retry): a run another worker ended with the same status (an
+    ``interrupt`` start cancelled it while queued) answers ``lost``, so the
+    owner does not do the end's duties (the hook) a second time."""
+    store = RedisStore(redis_client, KeyLayout(key_prefix), RegistryConfig(), lease=10.0)
+    assert (await store.start("c", "a" * 32, "w1", "reject", 8)).outcome == "started"
+    assert (await store.start("c", "b" * 32, "w1", "enqueue", 8)).outcome == "queued"
+    reply = await store.start("c", "d" * 32, "w2", "interrupt", 8)
+    assert reply.outcome == "queued"
+    ended = ended_runs(reply.ended)
+    assert [(flat_field(flat, "run_id"), flat_field(flat, "status")) for flat, _, _ in ended] == [
+        ("b" * 32, "cancelled")
+    ]
+    interrupted = [(1, 1.0, '{"type":"interrupted"}', -1)]
+    assert await store.write("c", "b" * 32, interrupted, "cancelled", None, None) == (
+        False,
+        "cancelled",
+    )

@@ -123,10 +123,13 @@ local function number_end(key)
 end
 
 -- Status, times, end marker after the last frame: what every end writes.
-local function end_fields(key, run_id, status, err, now)
+-- by_owner: written by the owner's WRITE (a retry of it is answered 'ok');
+-- otherwise by a script that ended the run for others.
+local function end_fields(key, run_id, status, err, now, by_owner)
   local latest = redis.call('HGET', key, 'latest_seq') or '0'
   number_end(key)
-  redis.call('HSET', key, 'status', status, 'terminated_at', now, 'updated_at', now)
+  redis.call('HSET', key, 'status', status, 'terminated_at', now, 'updated_at', now,
+    'ended_by', by_owner and 'owner' or 'other')
   if err then redis.call('HSET', key, 'last_error', err) end
   redis.call('HDEL', key, 'lease_until', 'interrupt')
   redis.call('XADD', fkey(run_id), 'MAXLEN', MAXLEN + 1, latest .. '-1', 'end', status)
@@ -152,7 +155,7 @@ local function finish_queued(id, status, err, now, frame, tell)
     redis.call('HSET', key, 'latest_seq', seq)
   end
   local owner = redis.call('HGET', key, 'owner')
-  end_fields(key, id, status, err, now)
+  end_fields(key, id, status, err, now, not tell)
   retire(key, id)
   if tell and owner then
     redis.call('PUBLISH', CHANNELS .. owner, string.sub(status, 1, 1) .. id .. CID)
@@ -191,7 +194,7 @@ end
 -- Returns true when it was replaced (then it is not retained).
 local function finish_current(run_id, status, err, now, tell)
   local entries = false
-  end_fields(RUN_KEY, run_id, status, err, now)
+  end_fields(RUN_KEY, run_id, status, err, now, not tell)
   local rec = false
   if tell then
     rec = redis.call('HGETALL', RUN_KEY)
@@ -306,13 +309,13 @@ WRITE = (
 local now = now_ms()
 local id = ARGV[9]
 local key = RUN_KEY
-local cur = redis.call('HMGET', key, 'run_id', 'status', 'latest_seq', 'bytes')
+local cur = redis.call('HMGET', key, 'run_id', 'status', 'latest_seq', 'bytes', 'ended_by')
 if cur[1] ~= id then
   key = qkey(id)
-  cur = redis.call('HMGET', key, 'run_id', 'status', 'latest_seq', 'bytes')
+  cur = redis.call('HMGET', key, 'run_id', 'status', 'latest_seq', 'bytes', 'ended_by')
 end
 local current = key == RUN_KEY
-if cur[1] == id and cur[2] == ARGV[10] and TERMINAL[cur[2]] then
+if cur[1] == id and cur[2] == ARGV[10] and TERMINAL[cur[2]] and cur[5] == 'owner' then
   -- This end, run again by a client retry: it was written (and, if the run
   -- is no longer current, it was replaced or was a queued run: not retained).
   local end_no, entries = '0', ''
