@@ -7,13 +7,14 @@ retention index (two keys sharing one slot). Times come from the Redis
 server's ``TIME``, so every worker agrees on them. Complexity is given per
 script in ``docs/redis.md``.
 
-The conversation scripts share a prelude and its arguments (``ARGV[1..8]``,
+The conversation scripts share a prelude and its arguments (``ARGV[1..9]``,
 built by ``RedisStore._common``): the conversation's key prefix
 ``<prefix>:{<cid>}:``, the retention in ms (``-1``: keep forever), the extra
 time a stream outlives its record (ms), ``max_events_per_run``, the prefix
-of the workers' pub/sub channels, the lease in ms, the conversation id, and
-``max_bytes_per_run`` (``-1``: none). Their own arguments start at
-``ARGV[9]``.
+of the workers' pub/sub channels, the lease in ms, the conversation id,
+``max_bytes_per_run`` (``-1``: none), and ``1`` when the workers call
+run-end hooks (ends are numbered then). Their own arguments start at
+``ARGV[10]``.
 
 Runs of a conversation: the *current* one in ``...:run``; *queued* ones in
 ``...:q:<run_id>`` hashes, in FIFO order in the list ``...:queue``. A queued
@@ -61,6 +62,7 @@ local CHANNELS = ARGV[5]
 local LEASE_MS = tonumber(ARGV[6])
 local CID = ARGV[7]
 local BYTE_BUDGET = tonumber(ARGV[8])
+local HOOKS = ARGV[9] == '1'
 local RUN_KEY = P .. 'run'
 local QUEUE_KEY = P .. 'queue'
 local INTERRUPTED = '{"type":"interrupted"}'
@@ -115,6 +117,7 @@ end
 -- The conversation's end counter: every end gets the next number, which
 -- orders the run-end hooks of the conversation across workers.
 local function number_end(key)
+  if not HOOKS then return end
   local hooks = P .. 'hooks'
   local n = redis.call('HINCRBY', hooks, 'ended', 1)
   if RETENTION_MS >= 0 then redis.call('PEXPIRE', hooks, RETENTION_MS + GRACE_MS) end
@@ -242,10 +245,10 @@ end
 START = (
     _PRELUDE
     + r"""
--- ARGV[9] new run id, ARGV[10] owner worker, ARGV[11] policy, ARGV[12] max queued
+-- ARGV[10] new run id, ARGV[11] owner worker, ARGV[12] policy, ARGV[13] max queued
 local now = now_ms()
 reap(now)
-local id = ARGV[9]
+local id = ARGV[10]
 local cur = redis.call('HMGET', RUN_KEY, 'status', 'run_id', 'started_at', 'owner')
 if cur[2] == id then
   -- Our own start, run again by a client retry: it already happened.
@@ -260,9 +263,9 @@ if (not cur[1] or TERMINAL[cur[1]]) and redis.call('LLEN', QUEUE_KEY) > 0 then
   end
 end
 if cur[1] and not TERMINAL[cur[1]] then
-  local policy = ARGV[11]
+  local policy = ARGV[12]
   if policy == 'reject' then return {'active', '', cur[2], cur[4] or '', ended()} end
-  if policy == 'enqueue' and redis.call('LLEN', QUEUE_KEY) >= tonumber(ARGV[12]) then
+  if policy == 'enqueue' and redis.call('LLEN', QUEUE_KEY) >= tonumber(ARGV[13]) then
     return {'full', '', cur[2], cur[4] or '', ended()}
   end
   if policy == 'interrupt' then
@@ -272,7 +275,7 @@ if cur[1] and not TERMINAL[cur[1]] then
     redis.call('HSET', RUN_KEY, 'interrupt', '1')
   end
   redis.call('HSET', qkey(id), 'run_id', id, 'status', 'queued', 'started_at', now,
-    'updated_at', now, 'latest_seq', 0, 'owner', ARGV[10], 'lease_until', now + LEASE_MS,
+    'updated_at', now, 'latest_seq', 0, 'owner', ARGV[11], 'lease_until', now + LEASE_MS,
     'bytes', 0)
   redis.call('RPUSH', QUEUE_KEY, id)
   return {'queued', tostring(now), cur[2], cur[4] or '', ended()}
@@ -283,7 +286,7 @@ if cur[2] then
   redis.call('DEL', RUN_KEY)
 end
 redis.call('HSET', RUN_KEY, 'run_id', id, 'status', 'running', 'started_at', now,
-  'updated_at', now, 'latest_seq', 0, 'owner', ARGV[10],
+  'updated_at', now, 'latest_seq', 0, 'owner', ARGV[11],
   'lease_until', now + LEASE_MS, 'bytes', 0)
 return {'started', tostring(now), cur[2] or '', '', ended()}
 """
@@ -298,16 +301,16 @@ ends."""
 WRITE = (
     _PRELUDE
     + r"""
--- ARGV[9] run id, ARGV[10] status, ARGV[11] current_tool ('' with ARGV[12]=0:
--- none), ARGV[13] last_error ('' with ARGV[14]=0: none), ARGV[15] frame count
--- n, ARGV[16] seq of the first frame (the batch's seqs are contiguous),
--- ARGV[17] the n timestamps joined by ' ', ARGV[18] the n JSON frames joined
+-- ARGV[10] run id, ARGV[11] status, ARGV[12] current_tool ('' with ARGV[13]=0:
+-- none), ARGV[14] last_error ('' with ARGV[15]=0: none), ARGV[16] frame count
+-- n, ARGV[17] seq of the first frame (the batch's seqs are contiguous),
+-- ARGV[18] the n timestamps joined by ' ', ARGV[19] the n JSON frames joined
 -- by newlines (JSON escapes every newline inside a value, so none is
--- ambiguous), ARGV[19] the n sizes joined by ' ' ('' when not measured),
--- ARGV[20] '1': answer an end with the run's end number and frames (for
+-- ambiguous), ARGV[20] the n sizes joined by ' ' ('' when not measured),
+-- ARGV[21] '1': answer an end with the run's end number and frames (for
 -- the run-end hook).
 local now = now_ms()
-local id = ARGV[9]
+local id = ARGV[10]
 local key = RUN_KEY
 local cur = redis.call('HMGET', key, 'run_id', 'status', 'latest_seq', 'bytes', 'ended_by')
 if cur[1] ~= id then
@@ -315,11 +318,11 @@ if cur[1] ~= id then
   cur = redis.call('HMGET', key, 'run_id', 'status', 'latest_seq', 'bytes', 'ended_by')
 end
 local current = key == RUN_KEY
-if cur[1] == id and cur[2] == ARGV[10] and TERMINAL[cur[2]] and cur[5] == 'owner' then
+if cur[1] == id and cur[2] == ARGV[11] and TERMINAL[cur[2]] and cur[5] == 'owner' then
   -- This end, run again by a client retry: it was written (and, if the run
   -- is no longer current, it was replaced or was a queued run: not retained).
   local end_no, entries = '0', ''
-  if ARGV[20] == '1' then
+  if ARGV[21] == '1' then
     end_no = redis.call('HGET', key, 'end_no') or '0'
     entries = cjson.encode(redis.call('XRANGE', fkey(id), '-', '+'))
   end
@@ -328,14 +331,14 @@ end
 if cur[1] ~= id or not cur[2] or TERMINAL[cur[2]] then
   return {'lost', cur[2] or ''}
 end
-local n = tonumber(ARGV[15])
-local first = tonumber(ARGV[16])
+local n = tonumber(ARGV[16])
+local first = tonumber(ARGV[17])
 local have = tonumber(cur[3] or '0')
 local bytes = tonumber(cur[4] or '0')
-local next_time = string.gmatch(ARGV[17], '[^ ]+')
-local next_frame = string.gmatch(ARGV[18], '[^\n]+')
-local measured = ARGV[19] ~= ''
-local next_size = string.gmatch(ARGV[19], '[^ ]+')
+local next_time = string.gmatch(ARGV[18], '[^ ]+')
+local next_frame = string.gmatch(ARGV[19], '[^\n]+')
+local measured = ARGV[20] ~= ''
+local next_size = string.gmatch(ARGV[20], '[^ ]+')
 local last = false
 for k = 0, n - 1 do
   local t, f = next_time(), next_frame()
@@ -348,30 +351,30 @@ for k = 0, n - 1 do
 end
 if last then redis.call('HSET', key, 'latest_seq', last) end
 redis.call('HSET', key, 'updated_at', now, 'lease_until', now + LEASE_MS, 'bytes', bytes)
-if ARGV[12] == '1' then
-  redis.call('HSET', key, 'current_tool', ARGV[11])
+if ARGV[13] == '1' then
+  redis.call('HSET', key, 'current_tool', ARGV[12])
 else
   redis.call('HDEL', key, 'current_tool')
 end
 local err = false
-if ARGV[14] == '1' then
-  redis.call('HSET', key, 'last_error', ARGV[13])
-  err = ARGV[13]
+if ARGV[15] == '1' then
+  redis.call('HSET', key, 'last_error', ARGV[14])
+  err = ARGV[14]
 else
   redis.call('HDEL', key, 'last_error')
 end
 local replaced = false
-local status = ARGV[10]
+local status = ARGV[11]
 local end_no, entries = '0', ''
 if TERMINAL[status] then
-  if ARGV[20] == '1' then entries = cjson.encode(redis.call('XRANGE', fkey(id), '-', '+')) end
+  if ARGV[21] == '1' then entries = cjson.encode(redis.call('XRANGE', fkey(id), '-', '+')) end
   if current then
     replaced = finish_current(id, status, err, now, false)
   else
     finish_queued(id, status, err, now, false, false)
     replaced = true  -- a queued run that ended is never retained
   end
-  end_no = tostring(FIRST_END_NO)
+  end_no = FIRST_END_NO and tostring(FIRST_END_NO) or '0'
 elseif current then
   if status == 'queued' then status = 'running' end  -- started meanwhile
   redis.call('HSET', key, 'status', status)
@@ -392,9 +395,9 @@ below ``latest_seq`` are skipped and an end already written answers ``ok``."""
 RENEW = (
     _PRELUDE
     + r"""
--- ARGV[9] run id
+-- ARGV[10] run id
 local now = now_ms()
-local id = ARGV[9]
+local id = ARGV[10]
 local cur = redis.call('HMGET', RUN_KEY, 'run_id', 'status', 'interrupt')
 if cur[1] == id then
   if not cur[2] or TERMINAL[cur[2]] then return {'lost', cur[2] or ''} end
@@ -416,18 +419,18 @@ as it ended elsewhere, ``''`` when Redis no longer holds it). O(1)."""
 READ = (
     _PRELUDE
     + r"""
--- ARGV[9] a run id, or '' for the current run; ARGV[10] '1': also a run
+-- ARGV[10] a run id, or '' for the current run; ARGV[11] '1': also a run
 -- that ended while not current (kept for the grace time). Returns {ended,
 -- first stream entry id or '', field, value, ...}: no fields when there is
 -- no such run (the current one, or the current or a queued one with that id).
 local now = now_ms()
 reap(now)
-local id = ARGV[9]
+local id = ARGV[10]
 local key = RUN_KEY
 if id ~= '' and redis.call('HGET', RUN_KEY, 'run_id') ~= id then
   key = qkey(id)
   local status = redis.call('HGET', key, 'status')
-  if status ~= 'queued' and not (ARGV[10] == '1' and TERMINAL[status]) then
+  if status ~= 'queued' and not (ARGV[11] == '1' and TERMINAL[status]) then
     return {ended(), ''}
   end
 end
@@ -462,9 +465,9 @@ O(1 + queued runs) plus what it ends."""
 INTERRUPT = (
     _PRELUDE
     + r"""
--- ARGV[9] run id or '' for the current run
+-- ARGV[10] run id or '' for the current run
 local cur = redis.call('HMGET', RUN_KEY, 'run_id', 'status', 'owner')
-if not cur[2] or TERMINAL[cur[2]] or (ARGV[9] ~= '' and ARGV[9] ~= cur[1]) then
+if not cur[2] or TERMINAL[cur[2]] or (ARGV[10] ~= '' and ARGV[10] ~= cur[1]) then
   return {}
 end
 redis.call('HSET', RUN_KEY, 'interrupt', '1')
@@ -475,17 +478,19 @@ return {cur[1], cur[3] or ''}
 there is no active run. The caller then tells the owner over pub/sub. O(1)."""
 
 EVICT = r"""
--- KEYS[1] run hash; ARGV[1] stream-key prefix, ARGV[2] run id
+-- KEYS[1] run hash, KEYS[2] the conversation's hooks hash; ARGV[1]
+-- stream-key prefix, ARGV[2] run id
 local cur = redis.call('HMGET', KEYS[1], 'run_id', 'terminated_at')
 redis.call('DEL', ARGV[1] .. ARGV[2])
 if cur[1] == ARGV[2] and cur[2] then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[2])
   return 1
 end
 return 0
 """
 """Evict one ended run (if it is still the conversation's current one and
-terminal): ``1`` when its record was deleted. O(its stream entries)."""
+terminal, with the conversation's hook counter: nothing of it is left):
+``1`` when its record was deleted. O(its stream entries)."""
 
 INDEX = r"""
 -- KEYS[1] the retention index (sorted set), KEYS[2] the bytes of its members

@@ -154,7 +154,7 @@ class RedisStore:
         return [self.keys.run(conversation_id), self.keys.queue(conversation_id)]
 
     def _common(self, conversation_id: str) -> list[str | int]:
-        """``ARGV[1..8]`` of every conversation script (see ``_scripts.py``)."""
+        """``ARGV[1..9]`` of every conversation script (see ``_scripts.py``)."""
         return [
             self.keys.conversation(conversation_id),
             self.retention_ms,
@@ -164,6 +164,7 @@ class RedisStore:
             self.lease_ms,
             conversation_id,
             _budget(self.config.max_bytes_per_run),
+            "1" if self.hook_data else "0",
         ]
 
     async def start(
@@ -315,7 +316,10 @@ class RedisStore:
         for n, popped in enumerate(values[2:]):
             cid, popped_run = self.keys.split_member(popped)
             evicted[n >= over_cap] += int(
-                await self._evict([self.keys.run(cid)], [self.keys.frames_prefix(cid), popped_run])
+                await self._evict(
+                    [self.keys.run(cid), self.keys.conversation(cid) + "hooks"],
+                    [self.keys.frames_prefix(cid), popped_run],
+                )
             )
         return expired, evicted[0], evicted[1]
 
