@@ -202,7 +202,8 @@ class RedisStore:
             0 if last_error is None else 1,
             len(frames),
             frames[0][0] if frames else 0,
-            " ".join([repr(frame[1]) for frame in frames]),
+            # Microseconds are all time.time() resolves, for less than repr() costs.
+            " ".join([f"{frame[1]:.6f}" for frame in frames]),
             "\n".join([frame[2] for frame in frames]),
             " ".join([str(frame[3]) for frame in frames]) if self.measures_bytes else "",
             "1" if self.hook_data else "0",
