@@ -8,7 +8,7 @@ from collections.abc import Callable
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
-__all__ = ["checked_size", "default_frame_size"]
+__all__ = ["checked_result", "checked_size", "default_frame_size"]
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
 
@@ -57,8 +57,18 @@ def default_frame_size(frame: Any) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-def checked_size(size: Any) -> int:
-    """``size``, as returned by a ``frame_size``, if it is an ``int >= 0``.
+def checked_size(measure: Callable[[Any], int], frame: Any) -> int:
+    """``measure(frame)``, refusing a result that is not an ``int >= 0``.
+
+    Raises:
+        TypeError / ValueError: the result is not an int, or is negative.
+    """
+    return checked_result(measure(frame))
+
+
+def checked_result(size: Any) -> int:
+    """``size``, as returned by a ``frame_size``, if it is an ``int >= 0``
+    (an ``int`` subclass other than ``bool`` becomes a plain ``int``).
 
     Raises:
         TypeError / ValueError: it is not an int, or is negative.

@@ -20,7 +20,7 @@ from ._config import RegistryConfig
 from ._counters import Counters
 from ._exceptions import ReplayGap, RunTerminated
 from ._fanout import Fanout, Subscriber
-from ._frame_size import checked_size, default_frame_size
+from ._frame_size import checked_result, checked_size, default_frame_size
 from ._handle import RunHandle
 from ._records import ChatRunEvent, ChatRunRecord
 from ._status import ChatRunStatus
@@ -186,7 +186,7 @@ class RunState:
         if measure is not None and size is None:
             size = measure(frame)
             if size.__class__ is not int or size < 0:  # only an application's measure
-                size = checked_size(size)
+                size = checked_result(size)
 
         seq = self.latest_seq + 1
         event = ChatRunEvent(self.conversation_id, self.run_id, seq, time.time(), frame)
@@ -316,7 +316,7 @@ class RunState:
             # The run must end even if the application's frame_size fails on
             # this frame of ours.
             try:
-                size = checked_size(self.measure(frame))
+                size = checked_size(self.measure, frame)
             except Exception:
                 size = default_frame_size(frame)
         self.push_frame(frame, status=ChatRunStatus.CANCELLED, error=error, size=size)
