@@ -4,6 +4,8 @@ that no other test checked exactly. Time is Trio's MockClock (``autojump_clock``
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 
@@ -156,3 +158,70 @@ async def test_a_run_repr_names_the_run_its_conversation_status_and_latest_seq(a
         assert "status=running" in text
         assert "latest_seq=1" in text
         run.interrupt()
+
+
+# -- the run-end hook's failures: logged once, naming the run and why ------------
+
+
+def hook_errors(caplog) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "trio_chatruns" and record.levelno == logging.ERROR
+    ]
+
+
+async def test_a_raising_hook_is_logged_naming_the_run_and_conversation(autojump_clock, caplog):
+    async def hook(record, events) -> None:
+        raise ValueError("disk full")
+
+    async with open_chat_run_registry(on_run_end=hook) as registry:
+        run = registry.try_start("chat-7", park)
+        run.update("completed")
+    assert hook_errors(caplog) == [
+        f"on_run_end hook for run {run.run_id} (conversation 'chat-7') raised"
+    ]
+
+
+async def test_a_hung_hook_is_logged_naming_the_run_conversation_and_timeout(
+    autojump_clock, caplog
+):
+    async def hook(record, events) -> None:
+        await trio.sleep_forever()
+
+    config = RegistryConfig(run_end_timeout=7)
+    async with open_chat_run_registry(config, on_run_end=hook) as registry:
+        run = registry.try_start("chat-7", park)
+        run.update("completed")
+    assert hook_errors(caplog) == [
+        f"on_run_end hook for run {run.run_id} (conversation 'chat-7') timed out after 7.0 s"
+    ]
+
+
+async def test_a_hook_that_fails_as_its_deadline_cancels_it_counts_as_one_failure(
+    autojump_clock, caplog
+):
+    """``run_end_failures`` counts *calls* that raised or timed out: a call
+    that does both (a task of the hook raises while the deadline cancels it)
+    is one failure, logged once as raised."""
+
+    async def hook(record, events) -> None:
+        async def fails_when_cancelled() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise ValueError("cleanup failed")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fails_when_cancelled)
+            await trio.sleep_forever()
+
+    config = RegistryConfig(run_end_timeout=7)
+    async with open_chat_run_registry(config, on_run_end=hook) as registry:
+        run = registry.try_start("chat-7", park)
+        run.update("completed")
+        await trio.sleep(20)
+        assert registry.stats().run_end_failures == 1
+    assert hook_errors(caplog) == [
+        f"on_run_end hook for run {run.run_id} (conversation 'chat-7') raised"
+    ]

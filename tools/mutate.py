@@ -188,7 +188,11 @@ def _strip_mutmut_table(work: Path) -> None:
 
 def _summary(work: Path) -> dict[str, object]:
     results = subprocess.run(
-        ["mutmut", "results", "--all", "true"], cwd=work, check=True, capture_output=True, text=True
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     stats: dict[str, int] = {}
     survivors, untested = [], []
@@ -268,7 +272,7 @@ def main() -> int:
         started = time.monotonic()
         # mutmut's progress display is one long line per update: into a file.
         log = work / "mutmut-run.log"
-        command = ["mutmut", "run", "--max-children", str(args.max_children)]
+        command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
         with log.open("w") as output:
             run = subprocess.run(
                 [*command, *only], cwd=work, stdout=output, stderr=subprocess.STDOUT, env=env
