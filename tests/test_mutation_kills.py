@@ -99,6 +99,19 @@ async def test_a_run_evicted_by_the_lru_cap_gives_its_bytes_back(autojump_clock)
         assert registry.get("c") is not None
 
 
+async def test_a_replaced_terminal_run_gives_its_bytes_back(autojump_clock):
+    """Starting a new run for a conversation replaces its terminal run: the old
+    run's bytes leave ``max_retained_bytes`` with it."""
+    config = RegistryConfig(max_retained_bytes=100, frame_size=sized)
+    async with open_chat_run_registry(config) as registry:
+        ended(registry, "a", 70)
+        ended(registry, "b", 20)
+        ended(registry, "a", 50)  # "a" replaced: 20 + 50 = 70 bytes
+        stats = registry.stats()
+        assert (stats.evicted_bytes, stats.retained_terminal, stats.buffered_bytes) == (0, 2, 70)
+        assert registry.get("b") is not None
+
+
 async def test_a_run_buffer_of_exactly_max_bytes_per_run_keeps_every_frame(autojump_clock):
     """``max_bytes_per_run``: the oldest frames are dropped *while they total
     more than* the budget, so trimming stops at exactly the budget."""
@@ -146,6 +159,17 @@ async def test_run_queue_full_says_which_conversation_and_which_limit(autojump_c
         assert "'chat-7'" in message
         assert "max_queued_per_conversation=1" in message
         run.interrupt()
+
+
+async def test_an_unknown_start_policy_names_the_choices(autojump_clock):
+    async with open_chat_run_registry() as registry:
+        with pytest.raises(ValueError) as caught:
+            registry.try_start("c", park, if_active="replace")
+        assert str(caught.value) == (
+            "unknown start policy if_active='replace'; "
+            "expected one of 'reject', 'interrupt', 'enqueue'"
+        )
+        assert registry.get("c") is None
 
 
 async def test_a_run_repr_names_the_run_its_conversation_status_and_latest_seq(autojump_clock):
