@@ -1,7 +1,18 @@
-"""Producers and small utilities shared by the tests."""
+"""Producers and small utilities shared by the tests, and ``trio-chatruns
+serve`` as a child process (:func:`serve_process`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
 import trio
 
 from trio_chatruns import ChatRun, ChatRunRegistry, ChatRunStatus
@@ -47,3 +58,114 @@ async def wait_until(condition, *, poll: float = 0.005) -> None:
     with trio.fail_after(10):
         while not condition():  # noqa: ASYNC110 - nothing to wait on but the state
             await trio.sleep(poll)
+
+
+# -- `trio-chatruns serve` as a child process ----------------------------------
+
+SCRIPT = Path(sys.executable).with_name("trio-chatruns")
+"""The console script installed next to the running Python."""
+
+
+class ServeProcess:
+    """A running ``trio-chatruns serve`` child process (see :func:`serve_process`).
+
+    Its stderr is read all along by a task of its own (so the child never
+    blocks on a full pipe) and kept: :attr:`text` is everything it printed so
+    far, :meth:`wait_for_output` waits for a line to appear. :attr:`url` is
+    the address from its ``serving on URL`` line.
+    """
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.url = ""
+        self.output = bytearray()
+        self._grew = trio.Event()
+        self._eof = trio.Event()
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    async def _drain(self) -> None:
+        assert self.process.stderr is not None
+        try:
+            while chunk := await self.process.stderr.receive_some():
+                self.output += chunk
+                self._grew.set()
+                self._grew = trio.Event()
+        finally:
+            self._eof.set()
+            self._grew.set()
+
+    async def wait_for_output(self, text: str, seconds: float = 15.0) -> re.Match[str]:
+        """Wait until the child has printed ``text`` on stderr (fails if it exits first)."""
+        return await self.wait_for_match(re.escape(text), seconds)
+
+    async def wait_for_match(self, pattern: str, seconds: float = 15.0) -> re.Match[str]:
+        """Wait until the regular expression ``pattern`` matches its stderr; the match."""
+        with trio.fail_after(seconds):
+            while (match := re.search(pattern, self.text)) is None:
+                if self._eof.is_set():
+                    raise AssertionError(f"exited before printing {pattern!r}:\n{self.text}")
+                await self._grew.wait()
+        return match
+
+    async def all_output(self, seconds: float = 15.0) -> str:
+        """Everything the child printed, once it has closed its stderr (exited)."""
+        with trio.fail_after(seconds):
+            await self._eof.wait()
+        return self.text
+
+    async def stop(self, seconds: float = 15.0) -> int:
+        """SIGTERM, then its exit status once it has exited and its stderr is read."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(seconds):
+            code = await self.process.wait()
+        await self.all_output(seconds)
+        return code
+
+    async def kill(self) -> None:
+        """SIGKILL, and wait until it is gone."""
+        self.process.kill()
+        await self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def serve_process(
+    *args: str,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    seconds: float = 15.0,
+) -> AsyncIterator[ServeProcess]:
+    """Run ``trio-chatruns serve --port 0 ARGS...`` (in ``cwd``, with ``env``
+    added to the environment) until the block ends; yield it once it has
+    printed its ``serving on URL`` line. The block may stop it (:meth:`stop`,
+    :meth:`kill`); one still running at the end is killed. Skips the test
+    when the console script is not installed next to Python."""
+    if not SCRIPT.exists():
+        pytest.skip("the trio-chatruns console script is not installed next to python")
+    process = await trio.lowlevel.open_process(
+        [str(SCRIPT), "serve", "--port", "0", *args],
+        cwd=cwd,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": "", **(env or {})},
+    )
+    child = ServeProcess(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child._drain)
+            try:
+                child.url = (await child.wait_for_match(r"serving on (\S+)\s", seconds))[1]
+                yield child
+            finally:
+                if process.returncode is None:
+                    with trio.CancelScope(shield=True):
+                        await child.kill()
+    finally:
+        assert process.stderr is not None
+        await process.stderr.aclose()
