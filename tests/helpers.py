@@ -147,25 +147,52 @@ async def serve_process(
     printed its ``serving on URL`` line. The block may stop it (:meth:`stop`,
     :meth:`kill`); one still running at the end is killed. Skips the test
     when the console script is not installed next to Python."""
+    async with serve_processes(1, *args, cwd=cwd, env=env, seconds=seconds) as (child,):
+        yield child
+
+
+@contextlib.asynccontextmanager
+async def serve_processes(
+    count: int,
+    *args: str,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    seconds: float = 15.0,
+) -> AsyncIterator[list[ServeProcess]]:
+    """:func:`serve_process` for ``count`` workers with the same arguments,
+    started at once, each on a port of its own; yields them once every one
+    of them is serving."""
     if not SCRIPT.exists():
         pytest.skip("the trio-chatruns console script is not installed next to python")
-    process = await trio.lowlevel.open_process(
-        [str(SCRIPT), "serve", "--port", "0", *args],
-        cwd=cwd,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": "", **(env or {})},
-    )
-    child = ServeProcess(process)
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": "", **(env or {})}
+    children: list[ServeProcess] = []
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(child._drain)
             try:
-                child.url = (await child.wait_for_match(r"serving on (\S+)\s", seconds))[1]
-                yield child
+                for _ in range(count):
+                    process = await trio.lowlevel.open_process(
+                        [str(SCRIPT), "serve", "--port", "0", *args],
+                        cwd=cwd,
+                        stderr=subprocess.PIPE,
+                        env={
+                            **os.environ,
+                            "PYTHONUNBUFFERED": "1",
+                            "PYTHONPATH": "",
+                            **(env or {}),
+                        },
+                    )
+                    children.append(ServeProcess(process))
+                    nursery.start_soon(children[-1]._drain)
+                for child in children:  # they start in parallel; any order will do
+                    match = await child.wait_for_match(r"serving on (\S+)\s", seconds)
+                    child.url = match[1]
+                yield children
             finally:
-                if process.returncode is None:
-                    with trio.CancelScope(shield=True):
-                        await child.kill()
+                with trio.CancelScope(shield=True):
+                    for child in children:
+                        if child.process.returncode is None:
+                            await child.kill()
     finally:
-        assert process.stderr is not None
-        await process.stderr.aclose()
+        for child in children:
+            assert child.process.stderr is not None
+            await child.process.stderr.aclose()
