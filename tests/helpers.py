@@ -174,12 +174,7 @@ async def serve_processes(
                         [str(SCRIPT), "serve", "--port", "0", *args],
                         cwd=cwd,
                         stderr=subprocess.PIPE,
-                        env={
-                            **os.environ,
-                            "PYTHONUNBUFFERED": "1",
-                            "PYTHONPATH": "",
-                            **(env or {}),
-                        },
+                        env=environment,
                     )
                     children.append(ServeProcess(process))
                     nursery.start_soon(children[-1]._drain)
