@@ -1,0 +1,243 @@
+"""Two ``trio-chatruns serve --redis`` worker processes on one real Redis.
+
+What a deployment behind a load balancer relies on (docs/deploy.md): a run
+started on worker A streams from worker B; a client that drops resumes on
+whichever worker it lands on with ``Last-Event-ID``, with nothing missing or
+doubled; an interrupt sent to B stops A's run; a SIGKILLed owner's run ends
+``failed`` once its lease lapses and the conversation starts again through
+B; Redis restarted mid-run gets 503s while it is down and the workers carry
+on after. Real processes, real sockets, one real ``redis-server``
+(tests/redis_server.py); the scripted model, so every reply is known. Every
+request carries the API key, as a client of a deployment does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+from httpx_sse import aconnect_sse
+
+from redis_server import REDIS_SERVER, RedisServer
+from trio_chatruns.server.producers import scripted_reply
+
+from helpers import ServeProcess, serve_processes
+
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None,
+    reason="*** redis-server is not installed: the multi-worker server is NOT tested. "
+    "Install Debian's redis-server (.ci/run does). ***",
+)
+
+API_KEY = "workers-" + os.urandom(12).hex()
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+REPLY_TOKENS = 90  # the scripted model's default (the CLI sets only its rate)
+LEASE = "1"  # seconds: a killed owner's runs end soon after
+
+
+@pytest.fixture
+def redis():
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def workers(redis: RedisServer, tmp_path, *args: str, count: int = 2):
+    """``count`` workers on ``redis``, with the API key, in ``tmp_path``."""
+    return serve_processes(
+        count,
+        "--redis",
+        redis.url,
+        "--lease",
+        LEASE,
+        "--sse-retry-ms",
+        "100",
+        *args,
+        cwd=tmp_path,
+        env={"TRIO_CHATRUNS_API_KEY": API_KEY},
+    )
+
+
+def client(worker: ServeProcess) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=worker.url, headers=HEADERS, timeout=10)
+
+
+@attrs.define
+class Stream:
+    """What one client read of a run across its connections."""
+
+    seqs: list[int] = attrs.Factory(list)
+    frames: list[dict[str, Any]] = attrs.Factory(list)
+    last_event_id: str | None = None
+    end: dict[str, Any] | None = None
+    connections: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(f["text"] for f in self.frames if f["type"] == "token")
+
+
+async def read(http: httpx.AsyncClient, cid: str, into: Stream, frames: int | None = None) -> None:
+    """One SSE connection: read into ``into`` until the run's ``end`` or, if
+    ``frames`` is given, until that many more frames came (then drop it)."""
+    headers = {} if into.last_event_id is None else {"Last-Event-ID": into.last_event_id}
+    into.connections += 1
+    with trio.CancelScope() as connection:
+        path = f"/v1/chat/runs/{cid}/stream"
+        async with aconnect_sse(http, "GET", path, headers=headers) as source:
+            assert source.response.status_code == 200, await source.response.aread()
+            got = 0
+            async for message in source.aiter_sse():
+                if message.event == "end":
+                    into.end = message.json()
+                    return
+                assert message.event == "message", (message.event, message.data)
+                event = message.json()
+                into.seqs.append(event["seq"])
+                into.frames.append(event["frame"])
+                into.last_event_id = message.id
+                got += 1
+                if frames is not None and got >= frames:
+                    connection.cancel()  # a drop, mid-run
+
+
+async def start(http: httpx.AsyncClient, cid: str, prompt: str) -> str:
+    response = await http.post(f"/v1/chat/runs/{cid}", json={"prompt": prompt})
+    assert response.status_code == 202, response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
+
+
+async def poll(http: httpx.AsyncClient, path: str, done) -> Any:
+    """GET ``path`` until ``done(response)``: another process's state, nothing to wait on."""
+    with trio.fail_after(20):
+        while not done(response := await http.get(path)):  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    return response
+
+
+async def test_start_on_a_resume_alternating_and_interrupt_through_b(redis, tmp_path):
+    async with (
+        workers(redis, tmp_path, "--tokens-per-second", "60") as (a, b),
+        client(a) as on_a,
+        client(b) as on_b,
+    ):
+        # Started on A, read from B first, dropped every 12 frames and resumed
+        # on the other worker with Last-Event-ID.
+        prompt = "tell me about worker processes"
+        run_id = await start(on_a, "c1", prompt)
+        stream = Stream()
+        for http in itertools.cycle([on_b, on_a]):
+            await read(http, "c1", stream, frames=12)
+            if stream.end is not None:
+                break
+        assert stream.connections >= 4  # B, A, B, A at least: the reply has > 90 frames
+        assert stream.seqs == list(range(1, len(stream.seqs) + 1))  # no gap, no duplicate
+        assert stream.text == "".join(scripted_reply(prompt, REPLY_TOKENS))
+        assert stream.frames[-1] == {"type": "done", "finish_reason": "stop"}
+        assert stream.end["reason"] == "completed"
+        assert stream.end["run_id"] == run_id
+        assert stream.end["latest_seq"] == stream.seqs[-1]
+        # A resume after the end gets 204 on either worker.
+        for http in (on_a, on_b):
+            after = await http.get(
+                "/v1/chat/runs/c1/stream", headers={"Last-Event-ID": stream.last_event_id}
+            )
+            assert after.status_code == 204
+        # The history is shared too: B lists the reply A's run saved.
+        saved = await poll(
+            on_b,
+            "/v1/conversations/c1/messages",
+            lambda r: [m["status"] for m in r.json()["messages"]] == ["sent", "completed"],
+        )
+        assert saved.json()["messages"][1]["content"] == stream.text
+
+        # Interrupt through B a run A owns: it ends `cancelled` with `interrupted`.
+        second = await start(on_a, "c2", "a reply to stop")
+        seen = Stream()
+        await read(on_b, "c2", seen, frames=3)
+        response = await on_b.post("/v1/chat/runs/c2/interrupt")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"interrupted": True, "run_id": second}
+        await read(on_a, "c2", seen)
+        assert seen.frames[-1] == {"type": "interrupted"}
+        assert seen.end["reason"] == "interrupted"
+        assert seen.end["status"] == "cancelled"
+        assert seen.seqs == list(range(1, len(seen.seqs) + 1))
+        for http in (on_a, on_b):
+            record = (await http.get("/v1/chat/runs/c2")).json()
+            assert (record["run_id"], record["status"]) == (second, "cancelled")
+        # And a run started on B while one is active on A is refused (409).
+        await start(on_a, "c3", "long enough")
+        assert (await on_b.post("/v1/chat/runs/c3", json={"prompt": "x"})).status_code == 409
+        for worker in (a, b):
+            assert await worker.stop() == 0
+
+
+async def test_owner_killed_mid_run_ends_failed_then_b_starts_anew(redis, tmp_path):
+    async with (
+        workers(redis, tmp_path, "--tokens-per-second", "20") as (a, b),
+        client(a) as on_a,
+        client(b) as on_b,
+    ):
+        prompt = "the owner dies"
+        run_id = await start(on_a, "k", prompt)
+        stream = Stream()
+        await read(on_b, "k", stream, frames=4)  # the run is under way, followed on B
+        await a.kill()  # SIGKILL: no shutdown, no last write, the lease just stops
+        await read(on_b, "k", stream)  # resumed on B: it ends once A's lease lapses
+        assert stream.end["reason"] == "failed"
+        assert stream.end["status"] == "failed"
+        assert stream.end["run_id"] == run_id
+        assert "lease" in stream.end["last_error"]
+        assert stream.seqs == list(range(1, len(stream.seqs) + 1))
+        assert stream.text == "".join(scripted_reply(prompt, REPLY_TOKENS))[: len(stream.text)]
+        # The conversation starts again, through B, and that run completes.
+        second = await start(on_b, "k", "again, on B")
+        assert second != run_id
+        again = Stream()
+        await read(on_b, "k", again)
+        assert again.end["reason"] == "completed"
+        assert again.end["run_id"] == second
+        assert await b.stop() == 0
+
+
+async def test_redis_restarted_mid_run(redis, tmp_path):
+    async with (
+        workers(redis, tmp_path, "--tokens-per-second", "40") as (a, b),
+        client(a) as on_a,
+        client(b) as on_b,
+    ):
+        await start(on_a, "r1", "redis goes away")
+        stream = Stream()
+        await read(on_b, "r1", stream, frames=3)
+        await trio.to_thread.run_sync(redis.stop)
+        # While Redis is down, what needs it is refused with a clear 503.
+        for http in (on_a, on_b):
+            refused = await http.post("/v1/chat/runs/r2", json={"prompt": "now?"})
+            assert refused.status_code == 503, refused.text
+            assert "redis" in refused.json()["error"].lower()
+            assert (await http.get("/v1/chat/runs/r1")).status_code == 503
+        await trio.to_thread.run_sync(redis.start)  # same port, empty (no persistence)
+        # The workers reconnect by themselves: a new run starts and completes.
+        await poll(on_b, "/v1/chat/runs/r2/events", lambda r: r.status_code != 503)
+        prompt = "after the restart"
+        run_id = await start(on_b, "r2", prompt)
+        again = Stream()
+        await read(on_a, "r2", again)
+        assert again.end["reason"] == "completed"
+        assert again.end["run_id"] == run_id
+        assert again.text == "".join(scripted_reply(prompt, REPLY_TOKENS))
+        # Nobody crashed: both stop cleanly.
+        for worker in (a, b):
+            assert worker.process.returncode is None
+            assert await worker.stop() == 0
+            assert "Traceback" not in worker.text
