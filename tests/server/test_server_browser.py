@@ -11,6 +11,9 @@
   intact.
 - A bad ``#c=`` is refused with a message and nothing can be sent.
 - 390 px wide, light and dark: nothing overflows.
+- Two ``trio-chatruns serve --redis`` workers behind a round-robin proxy,
+  with an API key: a turn cut mid-reply resumes through the other worker, a
+  second turn continues the conversation and survives a reload mid-reply.
 
 Every scenario saves screenshots: in ``$CHATRUNS_SCREENSHOTS`` if set, else in
 the test's tmp directory (``pytest --basetemp=DIR`` keeps them in a known
@@ -34,8 +37,12 @@ import pytest
 import trio
 from trio_websocket import wrap_client_stream
 
+from redis_server import REDIS_SERVER, RedisServer
+from rr_proxy import RoundRobinProxy
 from trio_chatruns.server import ScriptedModel, ServerSettings, serve
 from trio_chatruns.server.producers import scripted_reply
+
+from helpers import serve_processes
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -436,3 +443,93 @@ async def test_page_restart_unreachable_bad_id_and_narrow(nursery, tmp_path, sho
     running.shutdown()
     with trio.fail_after(15):
         await stopped.wait()
+
+
+async def test_page_on_two_workers_behind_a_round_robin_proxy(nursery, tmp_path, shots):
+    """The page served by two ``trio-chatruns serve --redis`` workers behind a
+    round-robin proxy (tests/rr_proxy.py: each new connection to the next
+    worker), with an API key, as docs/deploy.md sets up behind nginx: a full
+    turn with a network drop mid-reply, a second turn continuing the
+    conversation, reloaded mid-reply."""
+    if REDIS_SERVER is None:
+        pytest.skip("*** redis-server is not installed: the page on two workers is NOT tested ***")
+    redis = RedisServer()
+    redis.start()
+    try:
+        proxy = RoundRobinProxy()
+        port = await nursery.start(proxy.serve)
+        key = "browser-" + os.urandom(12).hex()
+        async with serve_processes(
+            2,
+            "--redis", redis.url,
+            "--allowed-host", f"127.0.0.1:{port}",  # the Host the page sends: the proxy's
+            "--tokens-per-second", "40",
+            "--sse-retry-ms", "100",
+            cwd=tmp_path,
+            env={"TRIO_CHATRUNS_API_KEY": key},
+        ) as workers:  # fmt: skip
+            proxy.upstreams = [("127.0.0.1", worker.port) for worker in workers]
+            await _two_workers_scenario(proxy, port, key, workers, shots)
+            for worker in workers:
+                assert await worker.stop() == 0
+    finally:
+        await trio.to_thread.run_sync(redis.close)
+
+
+async def _two_workers_scenario(proxy, port, key, workers, shots):
+    page = f"http://127.0.0.1:{port}/"
+    async with browser() as devtools:
+        session = await open_tab(devtools, f"{page}#c=workers-1&token={key}")
+        assert await evaluate(devtools, session, "chatState.conversationId") == "workers-1"
+
+        # 1. A full turn; every connection is cut mid-reply: the page resumes
+        # through whichever worker its new connection reaches.
+        first_prompt = "hello, two workers"
+        await type_and_send(devtools, session, first_prompt)
+        first = "".join(scripted_reply(first_prompt, 90))
+        await wait_for(
+            devtools,
+            session,
+            f"chatState.text.length > {len(first) // 4} && chatState.connection === 'open'",
+        )
+        opens = await evaluate(devtools, session, "chatState.opens")
+        assert proxy.cut_all() >= 1
+        await wait_for(devtools, session, f"chatState.opens > {opens}")
+        await screenshot(devtools, session, shots / "workers-resumed.png")
+        await wait_for(devtools, session, "chatState.ended && chatState.status === 'completed'")
+        state = await page_state(devtools, session)
+        assert state["text"] == first
+        assert state["duplicates"] == 0
+        assert state["gaps"] == []
+        await screenshot(devtools, session, shots / "workers-first-turn.png")
+
+        # 2. A second turn continues the conversation (the model gets the first
+        # turn from the history in Redis); the page is reloaded mid-reply.
+        second_prompt = "and a second turn"
+        await type_and_send(devtools, session, second_prompt)
+        second = "".join(scripted_reply(second_prompt, 90, turn=2, history=2))
+        await wait_for(
+            devtools,
+            session,
+            f"chatState.turns.length === 2 && chatState.text.length > {len(second) // 3}",
+        )
+        run_id = (await page_state(devtools, session))["runId"]
+        await devtools.call("Page.reload", session)
+        await wait_for(
+            devtools, session, "typeof window.chatState === 'object' && chatState.opens > 0"
+        )
+        await wait_for(devtools, session, "chatState.text.length > 0")
+        assert not await evaluate(devtools, session, "chatState.ended"), "reloaded mid-reply"
+        await screenshot(devtools, session, shots / "workers-reloaded.png")
+        await wait_for(devtools, session, "chatState.ended && chatState.status === 'completed'")
+        shown = await turns(devtools, session)
+        assert [(t["user"], t["reply"]) for t in shown] == [
+            (first_prompt, first),
+            (second_prompt, second),
+        ]
+        assert shown[1]["run"] == run_id
+        no_errors(devtools, await page_state(devtools, session))
+        await screenshot(devtools, session, shots / "workers-two-turns.png")
+    # Both workers served the page's streams (a round-robin proxy, no stickiness).
+    for worker in workers:
+        assert "GET /v1/chat/runs/workers-1/stream" in worker.text, worker.text
