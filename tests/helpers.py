@@ -122,17 +122,28 @@ class ServeProcess:
 
     async def stop(self, seconds: float = 15.0) -> int:
         """SIGTERM, then its exit status once it has exited and its stderr is read."""
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
+        self.terminate()
         with trio.fail_after(seconds):
             code = await self.process.wait()
         await self.all_output(seconds)
         return code
 
+    def terminate(self) -> None:
+        """Send SIGTERM (a graceful shutdown) if it is still running; do not wait."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+
     async def kill(self) -> None:
         """SIGKILL, and wait until it is gone."""
         self.process.kill()
         await self.process.wait()
+
+
+async def stop_all(children: list[ServeProcess], seconds: float = 15.0) -> list[int]:
+    """Stop several at once (SIGTERM to each, then wait); their exit statuses."""
+    for child in children:
+        child.terminate()
+    return [await child.stop(seconds) for child in children]
 
 
 @contextlib.asynccontextmanager
