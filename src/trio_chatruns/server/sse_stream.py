@@ -118,7 +118,7 @@ class SSEStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = self.server
-        plan = resolve_stream(server, self.conversation_id, self.cursor, self.resumed)
+        plan = await resolve_stream(server, self.conversation_id, self.cursor, self.resumed)
         if isinstance(plan, StreamRefusal):
             headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if plan.status == 429 else None
             response: Response = (
