@@ -44,11 +44,15 @@ def redact(url: str) -> str:
 
 @asynccontextmanager
 async def open_redis_parts(
-    url: str, registry_config: RegistryConfig | None, history_messages: int
+    url: str,
+    registry_config: RegistryConfig | None,
+    history_messages: int,
+    lease: float = 10.0,
 ) -> AsyncIterator[tuple[RedisChatRuns, ConversationHistory]]:
     """Open the Redis at ``url``: yields ``(runs, history)`` for a ``ChatServer``.
 
-    The runs are opened with ``on_run_end=history.on_run_end``.
+    The runs are opened with ``on_run_end=history.on_run_end`` and ``lease``
+    (seconds; see ``open_redis_chat_runs``).
 
     Raises:
         ImportError: coredis is not installed (the message names the extra).
@@ -66,6 +70,8 @@ async def open_redis_parts(
         open_redis_conversation_history(
             client, history_messages=history_messages, where=redact(url)
         ) as history,
-        open_redis_chat_runs(client, registry_config, on_run_end=history.on_run_end) as runs,
+        open_redis_chat_runs(
+            client, registry_config, lease=lease, on_run_end=history.on_run_end
+        ) as runs,
     ):
         yield runs, history
