@@ -81,6 +81,7 @@ class ServeProcess:
         self.output = bytearray()
         self._grew = trio.Event()
         self._eof = trio.Event()
+        self._terminated = False
 
     @property
     def text(self) -> str:
@@ -129,8 +130,10 @@ class ServeProcess:
         return code
 
     def terminate(self) -> None:
-        """Send SIGTERM (a graceful shutdown) if it is still running; do not wait."""
-        if self.process.returncode is None:
+        """Send SIGTERM (a graceful shutdown) once, if it is still running; do
+        not wait. (A second SIGTERM would stop it at once.)"""
+        if self.process.returncode is None and not self._terminated:
+            self._terminated = True
             self.process.send_signal(signal.SIGTERM)
 
     async def kill(self) -> None:

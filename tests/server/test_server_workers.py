@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(
 API_KEY = "workers-" + os.urandom(12).hex()
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 REPLY_TOKENS = 90  # the scripted model's default (the CLI sets only its rate)
-LEASE = "1"  # seconds: a killed owner's runs end soon after
+LEASE = "2"  # seconds (--redis-lease): a killed owner's runs end soon after
 
 
 @pytest.fixture
@@ -56,6 +56,8 @@ def workers(redis: RedisServer, tmp_path, *args: str, count: int = 2):
         count,
         "--redis",
         redis.url,
+        "--redis-lease",
+        LEASE,
         "--sse-retry-ms",
         "100",
         *args,
@@ -65,7 +67,7 @@ def workers(redis: RedisServer, tmp_path, *args: str, count: int = 2):
 
 
 def client(worker: ServeProcess) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=worker.url, headers=HEADERS, timeout=30)
+    return httpx.AsyncClient(base_url=worker.url, headers=HEADERS, timeout=10)
 
 
 @attrs.define
