@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import trio
 
 if TYPE_CHECKING:
     from .. import RegistryConfig
@@ -22,6 +24,9 @@ __all__ = ["REDIS_EXTRA_HINT", "open_redis_parts", "redact", "require_coredis"]
 
 REDIS_EXTRA_HINT = "--redis needs the [redis] extra (coredis): pip install 'trio-chatruns[redis]'"
 """The message when ``serve --redis`` runs without coredis installed."""
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds ``serve --redis`` waits for Redis to answer at start before it exits."""
 
 
 def require_coredis() -> None:
@@ -62,11 +67,30 @@ async def open_redis_parts(
     require_coredis()
     import coredis
 
+    from ..redis import RedisUnavailable
+
+    async with coredis.Redis.from_url(url) as client:
+        # Fail at start, naming the URL, rather than wait for a Redis that is
+        # not there (later outages are answered 503 and retried).
+        with trio.move_on_after(CONNECT_TIMEOUT) as scope:
+            try:
+                await client.ping()
+            except (coredis.exceptions.ConnectionError, TimeoutError, OSError) as exc:
+                raise RedisUnavailable("start", f"{type(exc).__name__}: {exc}") from None
+        if scope.cancelled_caught:
+            raise RedisUnavailable("start", f"no answer within {CONNECT_TIMEOUT:g} s")
+        async with _open_parts(client, url, registry_config, history_messages) as parts:
+            yield parts
+
+
+@asynccontextmanager
+async def _open_parts(
+    client: Any, url: str, registry_config: RegistryConfig | None, history_messages: int
+) -> AsyncIterator[tuple[RedisChatRuns, ConversationHistory]]:
     from ..redis import open_redis_chat_runs
     from .redis_history import open_redis_conversation_history
 
     async with (
-        coredis.Redis.from_url(url) as client,
         open_redis_conversation_history(
             client, history_messages=history_messages, where=redact(url)
         ) as history,
