@@ -79,13 +79,17 @@ async def open_redis_parts(
                 raise RedisUnavailable("start", f"{type(exc).__name__}: {exc}") from None
         if scope.cancelled_caught:
             raise RedisUnavailable("start", f"no answer within {CONNECT_TIMEOUT:g} s")
-        async with _open_parts(client, url, registry_config, history_messages) as parts:
+        async with _open_parts(client, url, registry_config, history_messages, lease) as parts:
             yield parts
 
 
 @asynccontextmanager
 async def _open_parts(
-    client: Any, url: str, registry_config: RegistryConfig | None, history_messages: int
+    client: Any,
+    url: str,
+    registry_config: RegistryConfig | None,
+    history_messages: int,
+    lease: float,
 ) -> AsyncIterator[tuple[RedisChatRuns, ConversationHistory]]:
     from ..redis import open_redis_chat_runs
     from .redis_history import open_redis_conversation_history
