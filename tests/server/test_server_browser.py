@@ -530,6 +530,8 @@ async def _two_workers_scenario(proxy, port, key, workers, shots):
         assert shown[1]["run"] == run_id
         no_errors(devtools, await page_state(devtools, session))
         await screenshot(devtools, session, shots / "workers-two-turns.png")
-    # Both workers served the page's streams (a round-robin proxy, no stickiness).
+    # Both workers served the page's streams (a round-robin proxy, no stickiness),
+    # and a stream token from one worker opened streams on the other: no 401.
     for worker in workers:
-        assert "GET /v1/chat/runs/workers-1/stream" in worker.text, worker.text
+        assert '"GET /v1/chat/runs/workers-1/stream" 200' in worker.text, worker.text
+        assert '" 401 ' not in worker.text, worker.text
