@@ -6,7 +6,8 @@ whichever worker it lands on with ``Last-Event-ID``, with nothing missing or
 doubled; an interrupt sent to B stops A's run; a SIGKILLed owner's run ends
 ``failed`` once its lease lapses and the conversation starts again through
 B; Redis restarted mid-run gets 503s while it is down and the workers carry
-on after. Real processes, real sockets, one real ``redis-server``
+on after; a worker stopped (a rolling restart) while it streams another's
+run cuts that stream without an ``end``, and the client resumes elsewhere. Real processes, real sockets, one real ``redis-server``
 (tests/redis_server.py); the scripted model, so every reply is known. Every
 request carries the API key, as a client of a deployment does.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -26,7 +28,7 @@ from httpx_sse import aconnect_sse
 from redis_server import REDIS_SERVER, RedisServer
 from trio_chatruns.server.producers import scripted_reply
 
-from helpers import ServeProcess, serve_processes, stop_all
+from helpers import ServeProcess, serve_processes
 
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None,
@@ -60,6 +62,8 @@ def workers(redis: RedisServer, tmp_path, *args: str, count: int = 2):
         LEASE,
         "--sse-retry-ms",
         "100",
+        "--graceful-timeout",
+        "1",
         *args,
         cwd=tmp_path,
         env={"TRIO_CHATRUNS_API_KEY": API_KEY},
@@ -80,6 +84,7 @@ class Stream:
     end: dict[str, Any] | None = None
     connections: int = 0
     lagged: int = 0
+    on_frame: Callable[[], None] | None = None
 
     @property
     def text(self) -> str:
@@ -116,6 +121,8 @@ async def read(http: httpx.AsyncClient, cid: str, into: Stream, frames: int | No
                 into.seqs.append(event["seq"])
                 into.frames.append(event["frame"])
                 into.last_event_id = message.id
+                if into.on_frame is not None:
+                    into.on_frame()
                 got += 1
                 if frames is not None and got >= frames:
                     connection.cancel()  # a drop, mid-run
@@ -230,7 +237,7 @@ async def test_any_worker_serves_any_run_and_a_killed_owner_fails_within_its_lea
         assert "Traceback" not in b.text
 
 
-async def test_redis_restarted_mid_run(redis, tmp_path):
+async def test_redis_restarted_mid_run_then_a_rolling_restart(redis, tmp_path):
     async with (
         workers(redis, tmp_path, "--tokens-per-second", "100") as (a, b),
         client(a) as on_a,
@@ -273,7 +280,23 @@ async def test_redis_restarted_mid_run(redis, tmp_path):
         assert stream.seqs == list(range(1, len(stream.seqs) + 1))
         for http in (on_a, on_b):
             assert (await http.get("/v1/chat/runs/r1")).status_code == 404
-        # Nobody crashed: both stop cleanly.
+        # Nobody crashed.
         assert [a.process.returncode, b.process.returncode] == [None, None]
-        assert await stop_all([a, b]) == [0, 0]
+
+        # A rolling restart: B stops (SIGTERM) while it streams a run A owns.
+        # The run goes on: B cuts the stream without an `end`, and the client
+        # resumes through A with nothing lost or doubled.
+        prompt = "one worker restarts"
+        run_id = await start(on_a, "r3", prompt)
+        rolling = Stream(on_frame=b.terminate)  # once B's stream is flowing
+        await read(on_b, "r3", rolling)  # returns when B closes it
+        assert rolling.end is None  # cut, without an `end`: the run is not over
+        assert rolling.seqs  # what B sent before
+        assert await b.stop() == 0
+        await read(on_a, "r3", rolling)
+        assert rolling.end["reason"] == "completed"
+        assert rolling.end["run_id"] == run_id
+        assert rolling.seqs == list(range(1, len(rolling.seqs) + 1))
+        assert rolling.text == "".join(scripted_reply(prompt, REPLY_TOKENS))
+        assert await a.stop() == 0
         assert "Traceback" not in a.text + b.text
