@@ -7,7 +7,8 @@ doubled; an interrupt sent to B stops A's run; a SIGKILLed owner's run ends
 ``failed`` once its lease lapses and the conversation starts again through
 B; Redis restarted mid-run gets 503s while it is down and the workers carry
 on after; a worker stopped (a rolling restart) while it streams another's
-run cuts that stream without an ``end``, and the client resumes elsewhere. Real processes, real sockets, one real ``redis-server``
+run cuts that stream without an ``end``, and the client resumes elsewhere.
+Real processes, real sockets, one real ``redis-server``
 (tests/redis_server.py); the scripted model, so every reply is known. Every
 request carries the API key, as a client of a deployment does.
 """
