@@ -136,6 +136,27 @@ def redis_server() -> Iterator[Any]:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[Any]:
+    """A redis-server of the test's own, for tests that stop and restart it."""
+    from redis_server import REDIS_SERVER, RedisServer
+
+    pytest.importorskip("coredis")
+    if REDIS_SERVER is None:
+        pytest.skip("*** redis-server is not installed: the server on Redis is NOT tested. ***")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=r"Unclosed <MemoryObject", category=ResourceWarning
+            )
+            gc.collect()
+
+
+@pytest.fixture
 def redis_url(redis_server: Any) -> Iterator[str]:
     """The session's Redis, emptied for this test (tests run one at a time)."""
     with socket.create_connection(("127.0.0.1", redis_server.port), timeout=10) as sock:
@@ -197,16 +218,16 @@ async def start_server(
                 done.set()
 
         running: RunningServer = await nursery.start(run)
-        stopped.append((running, done))
+        if settings.get("redis") is not None:
+            stopped.append((running, done))
         return running
 
     yield start
-    if redis is not None:
-        for running, _ in stopped:
-            running.shutdown()
-        with trio.move_on_after(30):
-            for _, done in stopped:
-                await done.wait()
+    for running, _ in stopped:
+        running.shutdown()
+    with trio.move_on_after(30):
+        for _, done in stopped:
+            await done.wait()
 
 
 @pytest.fixture
