@@ -37,12 +37,11 @@ import pytest
 import trio
 from trio_websocket import wrap_client_stream
 
-from redis_server import REDIS_SERVER, RedisServer
 from rr_proxy import RoundRobinProxy
 from trio_chatruns.server import ScriptedModel, ServerSettings, serve
 from trio_chatruns.server.producers import scripted_reply
 
-from helpers import serve_processes
+from helpers import serve_processes, stop_all
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -445,35 +444,28 @@ async def test_page_restart_unreachable_bad_id_and_narrow(nursery, tmp_path, sho
         await stopped.wait()
 
 
-async def test_page_on_two_workers_behind_a_round_robin_proxy(nursery, tmp_path, shots):
+async def test_page_on_two_workers_behind_a_round_robin_proxy(nursery, tmp_path, shots, own_redis):
     """The page served by two ``trio-chatruns serve --redis`` workers behind a
     round-robin proxy (tests/rr_proxy.py: each new connection to the next
     worker), with an API key, as docs/deploy.md sets up behind nginx: a full
     turn with a network drop mid-reply, a second turn continuing the
     conversation, reloaded mid-reply."""
-    if REDIS_SERVER is None:
-        pytest.skip("*** redis-server is not installed: the page on two workers is NOT tested ***")
-    redis = RedisServer()
-    redis.start()
-    try:
-        proxy = RoundRobinProxy()
-        port = await nursery.start(proxy.serve)
-        key = "browser-" + os.urandom(12).hex()
-        async with serve_processes(
-            2,
-            "--redis", redis.url,
-            "--allowed-host", f"127.0.0.1:{port}",  # the Host the page sends: the proxy's
-            "--tokens-per-second", "40",
-            "--sse-retry-ms", "100",
-            cwd=tmp_path,
-            env={"TRIO_CHATRUNS_API_KEY": key},
-        ) as workers:  # fmt: skip
-            proxy.upstreams = [("127.0.0.1", worker.port) for worker in workers]
-            await _two_workers_scenario(proxy, port, key, workers, shots)
-            for worker in workers:
-                assert await worker.stop() == 0
-    finally:
-        await trio.to_thread.run_sync(redis.close)
+    proxy = RoundRobinProxy()
+    port = await nursery.start(proxy.serve)
+    key = "browser-" + os.urandom(12).hex()
+    async with serve_processes(
+        2,
+        "--redis", own_redis.url,
+        "--allowed-host", f"127.0.0.1:{port}",  # the Host the page sends: the proxy's
+        "--tokens-per-second", "40",
+        "--sse-retry-ms", "100",
+        "--graceful-timeout", "1",
+        cwd=tmp_path,
+        env={"TRIO_CHATRUNS_API_KEY": key},
+    ) as workers:  # fmt: skip
+        proxy.upstreams = [("127.0.0.1", worker.port) for worker in workers]
+        await _two_workers_scenario(proxy, port, key, workers, shots)
+        assert await stop_all(workers) == [0, 0]
 
 
 async def _two_workers_scenario(proxy, port, key, workers, shots):

@@ -10,7 +10,8 @@ on after; a worker stopped (a rolling restart) while it streams another's
 run cuts that stream without an ``end``, and the client resumes elsewhere.
 Real processes, real sockets, one real ``redis-server``
 (tests/redis_server.py); the scripted model, so every reply is known. Every
-request carries the API key, as a client of a deployment does.
+request carries the API key, as a client of a deployment does. Skipped,
+loudly, only when no ``redis-server`` is installed (the ``own_redis`` fixture).
 """
 
 from __future__ import annotations
@@ -22,35 +23,18 @@ from typing import Any
 
 import attrs
 import httpx
-import pytest
 import trio
 from httpx_sse import aconnect_sse
 
-from redis_server import REDIS_SERVER, RedisServer
+from redis_server import RedisServer
 from trio_chatruns.server.producers import scripted_reply
 
 from helpers import ServeProcess, serve_processes
-
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None,
-    reason="*** redis-server is not installed: the multi-worker server is NOT tested. "
-    "Install Debian's redis-server (.ci/run does). ***",
-)
 
 API_KEY = "workers-" + os.urandom(12).hex()
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 REPLY_TOKENS = 90  # the scripted model's default (the CLI sets only its rate)
 LEASE = "2"  # seconds (--redis-lease): a killed owner's runs end soon after
-
-
-@pytest.fixture
-def redis():
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def workers(redis: RedisServer, tmp_path, *args: str, count: int = 2):
@@ -157,9 +141,11 @@ async def poll(http: httpx.AsyncClient, path: str, done) -> Any:
     return response
 
 
-async def test_any_worker_serves_any_run_and_a_killed_owner_fails_within_its_lease(redis, tmp_path):
+async def test_any_worker_serves_any_run_and_a_killed_owner_fails_within_its_lease(
+    own_redis, tmp_path
+):
     async with (
-        workers(redis, tmp_path, "--tokens-per-second", "60") as (a, b),
+        workers(own_redis, tmp_path, "--tokens-per-second", "60") as (a, b),
         client(a) as on_a,
         client(b) as on_b,
     ):
@@ -238,9 +224,9 @@ async def test_any_worker_serves_any_run_and_a_killed_owner_fails_within_its_lea
         assert "Traceback" not in b.text
 
 
-async def test_redis_restarted_mid_run_then_a_rolling_restart(redis, tmp_path):
+async def test_redis_restarted_mid_run_then_a_rolling_restart(own_redis, tmp_path):
     async with (
-        workers(redis, tmp_path, "--tokens-per-second", "100") as (a, b),
+        workers(own_redis, tmp_path, "--tokens-per-second", "100") as (a, b),
         client(a) as on_a,
         client(b) as on_b,
     ):
@@ -255,14 +241,14 @@ async def test_redis_restarted_mid_run_then_a_rolling_restart(redis, tmp_path):
                 ended.set()
 
             nursery.start_soon(client_of_r1)
-            await trio.to_thread.run_sync(redis.stop)
+            await trio.to_thread.run_sync(own_redis.stop)
             # While Redis is down, what needs it is refused with a clear 503.
             for http in (on_a, on_b):
                 refused = await http.post("/v1/chat/runs/r2", json={"prompt": "now?"})
                 assert refused.status_code == 503, refused.text
                 assert "redis" in refused.json()["error"].lower()
                 assert (await http.get("/v1/chat/runs/r1")).status_code == 503
-            await trio.to_thread.run_sync(redis.start)  # same port, empty (no persistence)
+            await trio.to_thread.run_sync(own_redis.start)  # same port, empty (no persistence)
             # The workers reconnect by themselves: a new run starts and completes.
             await poll(on_b, "/v1/chat/runs/r2/events", lambda r: r.status_code != 503)
             prompt = "after the restart"
