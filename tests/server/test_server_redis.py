@@ -85,10 +85,12 @@ async def test_two_workers_share_runs_and_history(start_server, redis_url):
             messages = (await client.get(b.url + "/v1/conversations/conv/messages")).json()
             return messages["messages"]
 
+        # Saved by A's run-end hook: nothing here signals it, so poll the route.
         with trio.fail_after(10):
-            while len(await saved()) < 2 or (await saved())[1]["status"] != "completed":
+            messages = await saved()
+            while len(messages) < 2 or messages[1]["status"] != "completed":
                 await trio.sleep(0.02)
-        messages = await saved()
+                messages = await saved()
         assert [m["role"] for m in messages] == ["user", "assistant"]
         assert messages[0]["content"] == "hi there"
         assert messages[1]["content"] == reply
@@ -172,7 +174,7 @@ async def test_redis_down_is_503_and_the_workers_recover(start_server, own_redis
                     break
                 assert answer.status_code == 503, answer.text
                 await trio.sleep(0.05)
-        events, end = await read_stream(client, "/v1/chat/runs/again/stream", stop_after=3)
+        events, _ = await read_stream(client, "/v1/chat/runs/again/stream", stop_after=3)
         assert [e["seq"] for e in events] == [1, 2, 3]
         await client.post("/v1/chat/runs/again/interrupt")
 
@@ -182,7 +184,7 @@ async def test_a_history_without_its_hook_is_refused_at_construction():
         open_conversation_history(":memory:") as history,
         open_chat_run_registry() as registry,
     ):
-        with pytest.raises(ValueError, match="on_run_end=history.on_run_end"):
+        with pytest.raises(ValueError, match=r"on_run_end=history\.on_run_end"):
             ChatServer(registry, ScriptedModel(), ServerSettings(), history=history)
     async with (
         open_conversation_history(":memory:") as history,

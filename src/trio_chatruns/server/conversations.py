@@ -241,7 +241,12 @@ class ConversationHistory:
     async def _complete_request(self, request: ChatRequest, position: int) -> ChatRequest:
         """``request`` with the earlier turns of its conversation and its turn number."""
         for pending in list(self._pending.values()):
-            if pending.conversation_id == request.conversation_id and pending.position < position:
+            if pending.conversation_id != request.conversation_id:
+                continue
+            # A shared store numbers a turn when it stores it: one not stored
+            # yet was accepted after this one (and is not waited for).
+            numbered = not self.store.shared or pending.stored.is_set()
+            if numbered and pending.position < position:
                 await pending.saved.wait()
         # Each turn gives at most two messages: read enough turns, keep the newest.
         earlier, turns = await self.store.context(

@@ -347,7 +347,7 @@ def as_backend(registry: object) -> RunBackend:
     """
     if isinstance(registry, ChatRunRegistry):
         return MemoryBackend(registry)
-    if type(registry).__module__ == "trio_chatruns.redis":
+    if type(registry).__module__.startswith("trio_chatruns.redis"):
         from .redis_backend import RedisBackend  # the [redis] extra
 
         return RedisBackend(registry)  # type: ignore[arg-type]
