@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from trio_chatruns import open_chat_run_registry
-from trio_chatruns.server import ChatServer, ScriptedModel, ServerSettings
+from trio_chatruns.server import ChatServer, ScriptedModel, ServerSettings, serve
 from trio_chatruns.server.conversations import open_conversation_history
 
 from helpers import wait_until
@@ -224,3 +224,36 @@ def test_redis_unreachable_at_start_is_one_error_line():
 def test_bad_redis_url_is_refused():
     with pytest.raises(ValueError, match="redis://"):
         ServerSettings(redis="localhost:6379")
+
+
+async def test_a_reply_cut_by_a_shutdown_is_saved_in_redis(start_server, redis_url):
+    done = trio.Event()
+
+    async def worker(task_status):
+        try:
+            await serve(
+                SLOW,
+                ServerSettings(port=0, redis=redis_url, graceful_timeout=2.0),
+                handle_signals=False,
+                task_status=task_status,
+            )
+        finally:
+            done.set()
+
+    async with trio.open_nursery() as nursery:
+        a = await nursery.start(worker)
+        async with httpx.AsyncClient(timeout=10) as client:
+            started = await client.post(a.url + "/v1/chat/runs/cut", json={"prompt": "long"})
+            run_id = started.json()["run_id"]
+            await read_stream(client, a.url + "/v1/chat/runs/cut/stream", stop_after=3)
+            a.shutdown()
+            with trio.fail_after(20):
+                await done.wait()
+            # The worker is gone; another one reads the saved, cut reply.
+            b = await start_server(redis=redis_url)
+            messages = (await client.get(b.url + "/v1/conversations/cut/messages")).json()
+    reply = messages["messages"][1]
+    assert reply["run_id"] == run_id
+    assert reply["status"] == "cancelled"
+    assert reply["error"] == "interrupted by a server shutdown"
+    assert reply["content"]

@@ -148,10 +148,10 @@ class RunBackend(Protocol):
         ...
 
     def active_here(self) -> builtins.list[ChatRunRecord]:
-        """The active runs whose producers run in this process; synchronous.
+        """The active runs (queued ones included) owned by this process; synchronous.
 
-        What ``max_active_runs`` counts, and what a graceful shutdown
-        interrupts (with :meth:`interrupt_here`).
+        Those not ``queued`` are what ``max_active_runs`` counts; a graceful
+        shutdown interrupts them all (with :meth:`interrupt_here`).
         """
         ...
 

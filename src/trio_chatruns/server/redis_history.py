@@ -184,8 +184,9 @@ def _reply(text: str) -> TurnReply | None:
 class RedisConversationStore:
     """The conversation history in Redis; see the module docstring.
 
-    Every method is async (one script, one round trip, except
-    :meth:`conversations`: one per conversation listed).
+    Every method is async: one script, one round trip (two for
+    :meth:`add_turn`, :meth:`save_reply`, :meth:`delete`, which also update
+    the conversation list, and :meth:`conversations`).
 
     Raises (every async method):
         BackendUnavailable: Redis cannot be reached (the server answers 503).
@@ -335,16 +336,25 @@ class RedisConversationStore:
         return await self._turns(conversation_id, before, last)
 
     async def conversations(self, *, limit: int = 100) -> list[ConversationSummary]:
-        """The conversations, most recently updated first, at most ``limit``."""
+        """The conversations, most recently updated first, at most ``limit``.
+
+        Two round trips: the index, then every conversation's summary pipelined.
+        """
         summaries: list[ConversationSummary] = []
         with _available("conversations"):
-            ids: Any = await self._list([self._index_key], [limit])
-            for raw in ids:
-                conversation_id = _text(raw)
-                found: Any = await self._read_conversation(
-                    [self._conversation_key(conversation_id), self._turns_key(conversation_id)],
-                    [],
-                )
+            listed: Any = await self._list([self._index_key], [limit])
+            ids = [_text(raw) for raw in listed]
+            if not ids:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                requests: list[Any] = [
+                    self._read_conversation(
+                        [self._conversation_key(cid), self._turns_key(cid)], [], client=pipe
+                    )
+                    for cid in ids
+                ]
+            for conversation_id, request in zip(ids, requests, strict=True):
+                found: Any = await request
                 if found is None:  # deleted meanwhile: drop its index entry
                     await self._unindex([self._index_key], [conversation_id])
                     continue

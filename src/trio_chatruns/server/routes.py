@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import RunAlreadyActive, RunQueueFull
+from .. import ChatRunStatus, RunAlreadyActive, RunQueueFull
 from .backend import BackendUnavailable
 from .errors import ApiError, request_conversation_id, request_server
 from .producers import ChatRequest, make_producer
@@ -34,6 +34,7 @@ from .strict_json import loads_strict
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from .backend import RunBackend
     from .state import ServerState
 
 __all__ = ["RETRY_AFTER_SECONDS", "ApiError", "api_routes", "error_handlers"]
@@ -41,6 +42,11 @@ __all__ = ["RETRY_AFTER_SECONDS", "ApiError", "api_routes", "error_handlers"]
 logger = logging.getLogger("trio_chatruns.server")
 
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+
+
+def _running_here(backend: RunBackend) -> int:
+    """Runs whose producers run in this process now (queued ones wait: not counted)."""
+    return sum(1 for r in backend.active_here() if r.status is not ChatRunStatus.QUEUED)
 
 
 def too_many(message: str) -> ApiError:
@@ -145,7 +151,7 @@ async def start_run(request: Request) -> Response:
     if if_active == "reject" and busy:
         raise ApiError(409, f"conversation {conversation_id!r} already has an active run")
     # A run queued behind an active one (interrupt, enqueue) never adds a running run.
-    if not busy and len(backend.active_here()) >= server.settings.max_active_runs:
+    if not busy and _running_here(backend) >= server.settings.max_active_runs:
         raise too_many("too many active runs; try again later")
     if history is None:
         producer = make_producer(server.model, ChatRequest(conversation_id, prompt), server)
