@@ -108,12 +108,13 @@ class ServeProcess:
 
     async def wait_for_match(self, pattern: str, seconds: float = 15.0) -> re.Match[str]:
         """Wait until the regular expression ``pattern`` matches its stderr; the match."""
-        with trio.fail_after(seconds):
+        with trio.move_on_after(seconds):
             while (match := re.search(pattern, self.text)) is None:
                 if self._eof.is_set():
                     raise AssertionError(f"exited before printing {pattern!r}:\n{self.text}")
                 await self._grew.wait()
-        return match
+            return match
+        raise AssertionError(f"printed no {pattern!r} within {seconds:g} s:\n{self.text}")
 
     async def all_output(self, seconds: float = 15.0) -> str:
         """Everything the child printed, once it has closed its stderr (exited)."""
@@ -154,7 +155,7 @@ async def serve_process(
     *args: str,
     cwd: str | os.PathLike[str] | None = None,
     env: dict[str, str] | None = None,
-    seconds: float = 15.0,
+    seconds: float = 30.0,
 ) -> AsyncIterator[ServeProcess]:
     """Run ``trio-chatruns serve --port 0 ARGS...`` (in ``cwd``, with ``env``
     added to the environment) until the block ends; yield it once it has
@@ -171,7 +172,7 @@ async def serve_processes(
     *args: str,
     cwd: str | os.PathLike[str] | None = None,
     env: dict[str, str] | None = None,
-    seconds: float = 15.0,
+    seconds: float = 30.0,
 ) -> AsyncIterator[list[ServeProcess]]:
     """:func:`serve_process` for ``count`` workers with the same arguments,
     started at once, each on a port of its own; yields them once every one

@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -445,11 +446,15 @@ async def test_page_restart_unreachable_bad_id_and_narrow(nursery, tmp_path, sho
 
 
 async def test_page_on_two_workers_behind_a_round_robin_proxy(nursery, tmp_path, shots, own_redis):
-    """The page served by two ``trio-chatruns serve --redis`` workers behind a
-    round-robin proxy (tests/rr_proxy.py: each new connection to the next
-    worker), with an API key, as docs/deploy.md sets up behind nginx: a full
-    turn with a network drop mid-reply, a second turn continuing the
-    conversation, reloaded mid-reply."""
+    """The page served by two ``trio-chatruns serve --redis`` workers A and B
+    behind a round-robin proxy (tests/rr_proxy.py, nginx's stand-in), with an
+    API key, as docs/deploy.md sets it up: a full turn cut mid-reply, a
+    second turn continuing the conversation, reloaded mid-reply.
+
+    Which worker a request reaches depends on which connection the browser
+    reuses, so the test steers the proxy: each cut or reload happens as the
+    worker serving the page leaves the proxy's list (as in a rolling
+    restart), which forces the resume onto the other worker."""
     proxy = RoundRobinProxy()
     port = await nursery.start(proxy.serve)
     key = "browser-" + os.urandom(12).hex()
@@ -457,25 +462,38 @@ async def test_page_on_two_workers_behind_a_round_robin_proxy(nursery, tmp_path,
         2,
         "--redis", own_redis.url,
         "--allowed-host", f"127.0.0.1:{port}",  # the Host the page sends: the proxy's
-        "--tokens-per-second", "40",
+        "--tokens-per-second", "25",
         "--sse-retry-ms", "100",
         "--graceful-timeout", "1",
         cwd=tmp_path,
         env={"TRIO_CHATRUNS_API_KEY": key},
-    ) as workers:  # fmt: skip
-        proxy.upstreams = [("127.0.0.1", worker.port) for worker in workers]
-        await _two_workers_scenario(proxy, port, key, workers, shots)
-        assert await stop_all(workers) == [0, 0]
+    ) as (a, b):  # fmt: skip
+        await _two_workers_scenario(proxy, port, key, a, b, shots)
+        assert await stop_all([a, b]) == [0, 0]
 
 
-async def _two_workers_scenario(proxy, port, key, workers, shots):
-    page = f"http://127.0.0.1:{port}/"
+STREAM_LOGGED = re.escape('"GET /v1/chat/runs/workers-1/stream" 200')
+
+
+async def _streamed(worker, times=1):
+    """Wait until ``worker`` has logged ``times`` streams of the conversation
+    (its access log line comes once a stream closes)."""
+    await worker.wait_for_match(f"(?s)(?:{STREAM_LOGGED}.*){{{times}}}")
+
+
+def _streams_of(worker):
+    return len(re.findall(STREAM_LOGGED, worker.text))
+
+
+async def _two_workers_scenario(proxy, port, key, a, b, shots):
+    only = {worker: [("127.0.0.1", worker.port)] for worker in (a, b)}
+    proxy.upstreams = only[a]
     async with browser() as devtools:
-        session = await open_tab(devtools, f"{page}#c=workers-1&token={key}")
+        session = await open_tab(devtools, f"http://127.0.0.1:{port}/#c=workers-1&token={key}")
         assert await evaluate(devtools, session, "chatState.conversationId") == "workers-1"
 
-        # 1. A full turn; every connection is cut mid-reply: the page resumes
-        # through whichever worker its new connection reaches.
+        # 1. A turn, started and streamed through A; mid-reply A leaves the
+        # proxy and every connection is cut: the page resumes through B.
         first_prompt = "hello, two workers"
         await type_and_send(devtools, session, first_prompt)
         first = "".join(scripted_reply(first_prompt, 90))
@@ -485,6 +503,7 @@ async def _two_workers_scenario(proxy, port, key, workers, shots):
             f"chatState.text.length > {len(first) // 4} && chatState.connection === 'open'",
         )
         opens = await evaluate(devtools, session, "chatState.opens")
+        proxy.upstreams = only[b]
         assert proxy.cut_all() >= 1
         await wait_for(devtools, session, f"chatState.opens > {opens}")
         await screenshot(devtools, session, shots / "workers-resumed.png")
@@ -493,19 +512,25 @@ async def _two_workers_scenario(proxy, port, key, workers, shots):
         assert state["text"] == first
         assert state["duplicates"] == 0
         assert state["gaps"] == []
+        await _streamed(a)
+        await _streamed(b)
         await screenshot(devtools, session, shots / "workers-first-turn.png")
 
-        # 2. A second turn continues the conversation (the model gets the first
-        # turn from the history in Redis); the page is reloaded mid-reply.
+        # 2. A second turn, sent through B: the model gets the first turn (A's
+        # run saved it in the history in Redis). Mid-reply B leaves the proxy
+        # and the page is reloaded: it comes back through A and resumes.
         second_prompt = "and a second turn"
         await type_and_send(devtools, session, second_prompt)
         second = "".join(scripted_reply(second_prompt, 90, turn=2, history=2))
         await wait_for(
             devtools,
             session,
-            f"chatState.turns.length === 2 && chatState.text.length > {len(second) // 3}",
+            f"chatState.turns.length === 2 && chatState.text.length > {len(second) // 4}",
         )
         run_id = (await page_state(devtools, session))["runId"]
+        streams_on_a = _streams_of(a)
+        proxy.upstreams = only[a]
+        proxy.cut_all()
         await devtools.call("Page.reload", session)
         await wait_for(
             devtools, session, "typeof window.chatState === 'object' && chatState.opens > 0"
@@ -522,8 +547,6 @@ async def _two_workers_scenario(proxy, port, key, workers, shots):
         assert shown[1]["run"] == run_id
         no_errors(devtools, await page_state(devtools, session))
         await screenshot(devtools, session, shots / "workers-two-turns.png")
-    # Both workers served the page's streams (a round-robin proxy, no stickiness),
-    # and a stream token from one worker opened streams on the other: no 401.
-    for worker in workers:
-        assert '"GET /v1/chat/runs/workers-1/stream" 200' in worker.text, worker.text
-        assert '" 401 ' not in worker.text, worker.text
+    await _streamed(a, streams_on_a + 1)  # the reloaded page streamed from A
+    # Stream tokens from one worker opened streams on the other: no 401 anywhere.
+    assert '" 401 ' not in a.text + b.text
