@@ -25,7 +25,7 @@ from trio_chatruns.server.conversations import open_conversation_history
 
 from helpers import wait_until
 
-pytest.importorskip("coredis")
+coredis = pytest.importorskip("coredis")
 
 SLOW = ScriptedModel(tokens_per_second=40.0, reply_tokens=400, pause_tokens=0)
 
@@ -257,3 +257,25 @@ async def test_a_reply_cut_by_a_shutdown_is_saved_in_redis(start_server, redis_u
     assert reply["status"] == "cancelled"
     assert reply["error"] == "interrupted by a server shutdown"
     assert reply["content"]
+
+
+async def test_a_reply_never_saved_is_stored_as_lost_once(start_server, redis_url, monkeypatch):
+    from trio_chatruns.server import conversations
+
+    monkeypatch.setattr(conversations, "REPLY_WAIT", 0.3)
+    a = await start_server(redis=redis_url)
+    # A turn whose worker died before its reply was saved (and Redis had no
+    # run left to reap): only its prompt is stored.
+    async with coredis.Redis.from_url(redis_url) as client:
+        from trio_chatruns.server.redis_history import RedisConversationStore
+
+        store = RedisConversationStore(client, "trio_chatruns", "test")
+        await store.add_turn("orphan", "0" * 32, 0, "never answered", 1.0)
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+        assert (await http.post("/v1/chat/runs/orphan", json={"prompt": "p"})).status_code == 202
+        events, end = await read_stream(http, "/v1/chat/runs/orphan/stream")
+        assert end["status"] == "completed"
+        assert "[turn 2," in tokens(events)  # the model saw the earlier turn
+        messages = (await http.get("/v1/conversations/orphan/messages")).json()["messages"]
+    assert messages[1]["status"] == "lost"
+    assert messages[1]["error"] == "the server stopped before this reply was saved"

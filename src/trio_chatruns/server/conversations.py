@@ -63,6 +63,15 @@ logger = logging.getLogger("trio_chatruns.server")
 SHUTDOWN_ERROR = "interrupted by a server shutdown"
 """The ``error`` saved with a reply that a server shutdown cut."""
 
+LOST_ERROR = "the server stopped before this reply was saved"
+"""The ``error`` of a reply that was never saved (status ``lost``)."""
+
+
+def lost_reply(at: float) -> TurnReply:
+    """The reply stored for a turn whose reply was never saved (status ``lost``)."""
+    return TurnReply(text="", tool_calls=[], status="lost", error=LOST_ERROR, gap_to=None, at=at)
+
+
 REPLY_WAIT = 5.0
 """Seconds a new turn waits, with a shared store, for the reply of the turn
 before it (saved by the run-end hook of the worker that ran it) before it
@@ -270,7 +279,9 @@ class ConversationHistory:
 
         Its run ended (this turn's run could start), but the worker that ran
         it may still be saving the reply. Gives up after :data:`REPLY_WAIT`
-        seconds (a reply that was never saved: that worker was killed).
+        seconds: that reply was never saved (its worker was killed, or Redis
+        was down when it ended), and it is stored as ``lost`` so that later
+        turns do not wait for it again (a real reply saved later replaces it).
         """
         earlier = len(turns)
         delay = 0.01
@@ -281,6 +292,17 @@ class ConversationHistory:
                 earlier, turns = await self.store.context(
                     conversation_id, before=position, last=self.history_messages
                 )
+        if turns and turns[-1].reply is None:
+            missing = turns[-1]
+            logger.warning(
+                "reply of run %s (conversation %r) not saved within %.0f s; stored as lost",
+                missing.run_id,
+                conversation_id,
+                REPLY_WAIT,
+            )
+            await self.store.save_reply(
+                missing.run_id, lost_reply(time.time()), conversation_id=conversation_id
+            )
         return earlier, turns
 
     # -- the run-end hook --------------------------------------------------
@@ -416,9 +438,7 @@ class ConversationHistory:
                         "status": status,
                         "created_at": iso_utc(turn.prompt_at),
                         "tool_calls": [],
-                        "error": "the server stopped before this reply was saved"
-                        if status == "lost"
-                        else None,
+                        "error": LOST_ERROR if status == "lost" else None,
                         "gap": None,
                     }
                 )

@@ -22,7 +22,12 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -196,11 +201,12 @@ class RedisBackend:
     async def _subscribe(
         self, conversation_id: str, after: int, run_id: str | None
     ) -> AsyncIterator[RedisStream]:
-        with _available():
-            async with self.runs.subscribe(
-                conversation_id, after=after, run_id=run_id
-            ) as subscription:
-                yield RedisStream(self.runs, subscription)
+        async with AsyncExitStack() as stack:
+            with _available():  # on entering only: iterating never raises it
+                subscription = await stack.enter_async_context(
+                    self.runs.subscribe(conversation_id, after=after, run_id=run_id)
+                )
+            yield RedisStream(self.runs, subscription)
 
     def active_here(self) -> builtins.list[ChatRunRecord]:
         self._prune_here()
