@@ -4,7 +4,9 @@
 (:class:`RedisSubscription`).
 
 The follower reads the run's stream with a blocking ``XREAD`` on one
-connection, whatever the number of local subscribers, keeps the frames it
+connection, whatever the number of local subscribers (the followers of a
+worker hold at most half of its connection pool at once; past that they take
+turns with short blocks), keeps the frames it
 read (at most ``max_events_per_run``) so that a subscriber joining later
 replays from memory, and publishes each new frame to the live subscribers
 without waiting (a full channel drops that subscriber: ``SubscriberLagged``).
@@ -15,6 +17,7 @@ it if its owner's lease lapsed: the end marker then arrives like any frame.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, final
@@ -136,18 +139,27 @@ class Follower:
     async def run(self) -> None:
         """Follow the stream until the end marker (or nobody listens)."""
         backoff = _BACKOFF_FIRST
+        slots = _blocking_read_slots(self.store)
+        quiet_since = trio.current_time()
         try:
             with self.cancel_scope:
                 while not self.ended:
                     try:
-                        entries = await self.store.follow(
-                            self.conversation_id,
-                            self.run_id,
-                            self.last_id,
-                            self.block_ms,
-                            self.config.subscriber_buffer,
-                        )
-                        if not entries:
+                        async with slots:
+                            # Followers waiting for a slot: block briefly, so
+                            # the slots go round.
+                            contended = slots.statistics().tasks_waiting > 0
+                            entries = await self.store.follow(
+                                self.conversation_id,
+                                self.run_id,
+                                self.last_id,
+                                _CONTENDED_BLOCK_MS if contended else self.block_ms,
+                                self.config.subscriber_buffer,
+                            )
+                        if entries:
+                            quiet_since = trio.current_time()
+                        elif trio.current_time() - quiet_since >= 0.9 * self.block_ms / 1000:
+                            quiet_since = trio.current_time()
                             await self._check_alive()
                     except TRANSIENT_ERRORS as exc:
                         logger.warning(
@@ -188,6 +200,30 @@ class Follower:
             )
             self.lost = True
             self.ended = True
+
+
+_CONTENDED_BLOCK_MS = 20
+
+_read_slots: weakref.WeakKeyDictionary[Any, trio.CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+def _blocking_read_slots(store: RedisStore) -> trio.CapacityLimiter:
+    """The followers' share of the client's connection pool: half of it.
+
+    coredis multiplexes ordinary commands over few connections but gives each
+    blocking command (our ``XREAD BLOCK``) a connection of its own until it
+    returns, from the same pool (``max_connections``, 64 by default). With as
+    many followed runs as connections every command of the worker, the
+    writers' included, would wait for a blocking read to return; capped at
+    half, the other half stays free for them. Shared by every follower using
+    the same pool.
+    """
+    pool = store.client.connection_pool
+    slots = _read_slots.get(pool)
+    if slots is None:
+        slots = trio.CapacityLimiter(max(1, pool.max_connections // 2))
+        _read_slots[pool] = slots
+    return slots
 
 
 def _entry_id(entry: object) -> str:
@@ -278,8 +314,15 @@ class RedisSubscription(metaclass=NoPublicConstructor):
             elif self._receive is None:
                 await self._end()
             else:
+                # A queued event is taken without a scheduling round (the
+                # checkpoints above bound how long this task runs unscheduled).
                 try:
-                    event = await self._receive.receive()
+                    event = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        event = await self._receive.receive()
+                    except trio.EndOfChannel:
+                        await self._end()
                 except trio.EndOfChannel:
                     await self._end()
             # A live frame may repeat one replayed from Redis (joined while
