@@ -132,13 +132,14 @@ async def test_start_policies_are_passed_to_the_backend(start_server, redis_url)
     async with httpx.AsyncClient(base_url=a.url, timeout=10) as client:
         assert (await client.post("/v1/chat/runs/p", json={"prompt": "x"})).status_code == 202
         answer = await client.post("/v1/chat/runs/p", json={"prompt": "y", "if_active": "enqueue"})
-        # 202 queued once the Redis backend has queues; until then a clear 501.
-        assert answer.status_code in (202, 501), answer.text
-        if answer.status_code == 501:
-            assert "enqueue" in answer.json()["error"]
-        else:
-            assert answer.json()["status"] == "queued"
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["status"] == "queued"
+        queued_id = answer.json()["run_id"]
         assert (await client.get("/v1/chat/runs/p")).json()["status"] == "running"
+        # "interrupt" cancels the queued run and queues this one behind the interrupted run.
+        answer = await client.post("/v1/chat/runs/p", json={"prompt": "z", "if_active": "interrupt"})
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["run_id"] != queued_id
 
 
 async def test_redis_down_is_503_and_the_workers_recover(start_server, own_redis, caplog):

@@ -20,15 +20,16 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, final
+from typing import Any, final
 
 import trio
 
 from .._config import RegistryConfig
 from .._counters import Counters
-from .._exceptions import RunNotFound, SubscriberLagged
+from .._exceptions import RunNotFound
 from .._fanout import Fanout, Subscriber
 from .._records import ChatRunEvent
+from .._subscription import SubscriptionBase
 from .._util import NoPublicConstructor
 from ._codec import decode_entries, entry_seq
 from ._errors import TRANSIENT_ERRORS, describe
@@ -181,11 +182,11 @@ class Follower:
     async def _check_alive(self) -> None:
         """Nothing new within a block: reap a run whose owner's lease lapsed
         (its end marker then follows), and stop if the run is gone."""
-        flat, _, reaped = await self.store.read(self.conversation_id)
+        flat, _, reaped = await self.store.read(self.conversation_id, self.run_id, ended_too=True)
         if reaped:
             await self.on_reaped(self.conversation_id, reaped, flat)
         if flat:
-            return  # held (and reaped if it had lapsed): keep reading
+            return  # held, current or queued (and reaped if it had lapsed): keep reading
         # No record: evicted or expired. Its stream outlives it a little, so
         # read what is left; if that holds no end, the run is gone for good.
         entries = await self.store.frames(
@@ -232,11 +233,12 @@ def _entry_id(entry: object) -> str:
 
 
 @final
-class RedisSubscription(metaclass=NoPublicConstructor):
+class RedisSubscription(SubscriptionBase, metaclass=NoPublicConstructor):
     """One subscriber's view of a run served from Redis: an async iterator of
     :class:`~trio_chatruns.ChatRunEvent` with the rules of
     :class:`~trio_chatruns.ChatRunSubscription` (replay, then live, no gap,
-    no duplicate, the end after the last frame, ``SubscriberLagged``).
+    no duplicate, the end after the last frame, ``SubscriberLagged``), and
+    the same base (cursor, end, leaving).
 
     ``__anext__`` is a cancel point on every call and a schedule point at
     least every 64 items.
@@ -246,18 +248,7 @@ class RedisSubscription(metaclass=NoPublicConstructor):
         on :class:`~trio_chatruns.ChatRunSubscription`.
     """
 
-    __slots__ = (
-        "_closed",
-        "_follower",
-        "_receive",
-        "_replay",
-        "_since_schedule",
-        "_subscriber",
-        "after",
-        "conversation_id",
-        "last_seq",
-        "run_id",
-    )
+    __slots__ = ("_follower", "_replay")
 
     def __init__(
         self,
@@ -269,25 +260,9 @@ class RedisSubscription(metaclass=NoPublicConstructor):
         subscriber: Subscriber | None,
         receive: trio.MemoryReceiveChannel[ChatRunEvent] | None,
     ) -> None:
-        self.conversation_id = conversation_id
-        self.run_id = run_id
-        self.after = after
-        self.last_seq = after
+        super().__init__(conversation_id, run_id, after, subscriber, receive)
         self._replay = deque(replay)
         self._follower = follower
-        self._subscriber = subscriber
-        self._receive = receive
-        self._closed = False
-        self._since_schedule = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"<RedisSubscription run={self.run_id} conversation={self.conversation_id!r} "
-            f"last_seq={self.last_seq}>"
-        )
-
-    def __aiter__(self) -> RedisSubscription:
-        return self
 
     async def __anext__(self) -> ChatRunEvent:
         """The next event.
@@ -300,13 +275,11 @@ class RedisSubscription(metaclass=NoPublicConstructor):
             trio.ClosedResourceError: the ``async with`` block was already left.
         """
         if self._closed:
-            # A cancel point like every other call (Trio's rules), as the core's.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            raise trio.ClosedResourceError("this subscription was closed")
+            await self._closed_error()
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._since_schedule += 1
-        if self._since_schedule >= _SCHEDULE_EVERY:
-            self._since_schedule = 0
+        self._unscheduled += 1
+        if self._unscheduled >= _SCHEDULE_EVERY:
+            self._unscheduled = 0
             await trio.lowlevel.cancel_shielded_checkpoint()
         while True:
             if self._replay:
@@ -331,22 +304,11 @@ class RedisSubscription(metaclass=NoPublicConstructor):
                 self.last_seq = event.seq
                 return event
 
-    async def _end(self) -> NoReturn:
-        await trio.lowlevel.checkpoint()
-        subscriber = self._subscriber
-        if subscriber is not None and subscriber.lagged:
-            raise SubscriberLagged(self.conversation_id, self.run_id, self.last_seq)
+    def _check_ended(self) -> None:
         if self._follower is not None and self._follower.lost:
             raise RunNotFound(self.conversation_id, self.run_id)
-        raise StopAsyncIteration
 
-    def close(self) -> None:
-        """Leave the run: only this subscriber is removed. Synchronous, idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    def _leave(self) -> None:
         self._replay.clear()
         if self._subscriber is not None and self._follower is not None:
             self._follower.leave(self._subscriber)
-        if self._receive is not None:
-            self._receive.close()
