@@ -1,7 +1,18 @@
-"""Producers and small utilities shared by the tests."""
+"""Producers and small utilities shared by the tests, and ``trio-chatruns
+serve`` as a child process (:func:`serve_process`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
 import trio
 
 from trio_chatruns import ChatRun, ChatRunRegistry, ChatRunStatus
@@ -47,3 +58,151 @@ async def wait_until(condition, *, poll: float = 0.005) -> None:
     with trio.fail_after(10):
         while not condition():  # noqa: ASYNC110 - nothing to wait on but the state
             await trio.sleep(poll)
+
+
+# -- `trio-chatruns serve` as a child process ----------------------------------
+
+SCRIPT = Path(sys.executable).with_name("trio-chatruns")
+"""The console script installed next to the running Python."""
+
+
+class ServeProcess:
+    """A running ``trio-chatruns serve`` child process (see :func:`serve_process`).
+
+    Its stderr is read all along by a task of its own (so the child never
+    blocks on a full pipe) and kept: :attr:`text` is everything it printed so
+    far, :meth:`wait_for_output` waits for a line to appear. :attr:`url` is
+    the address from its ``serving on URL`` line.
+    """
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.url = ""
+        self.output = bytearray()
+        self._grew = trio.Event()
+        self._eof = trio.Event()
+        self._terminated = False
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    async def _drain(self) -> None:
+        assert self.process.stderr is not None
+        try:
+            while chunk := await self.process.stderr.receive_some():
+                self.output += chunk
+                self._grew.set()
+                self._grew = trio.Event()
+        finally:
+            self._eof.set()
+            self._grew.set()
+
+    async def wait_for_output(self, text: str, seconds: float = 15.0) -> re.Match[str]:
+        """Wait until the child has printed ``text`` on stderr (fails if it exits first)."""
+        return await self.wait_for_match(re.escape(text), seconds)
+
+    async def wait_for_match(self, pattern: str, seconds: float = 15.0) -> re.Match[str]:
+        """Wait until the regular expression ``pattern`` matches its stderr; the match."""
+        with trio.move_on_after(seconds):
+            while (match := re.search(pattern, self.text)) is None:
+                if self._eof.is_set():
+                    raise AssertionError(f"exited before printing {pattern!r}:\n{self.text}")
+                await self._grew.wait()
+            return match
+        raise AssertionError(f"printed no {pattern!r} within {seconds:g} s:\n{self.text}")
+
+    async def all_output(self, seconds: float = 15.0) -> str:
+        """Everything the child printed, once it has closed its stderr (exited)."""
+        with trio.fail_after(seconds):
+            await self._eof.wait()
+        return self.text
+
+    async def stop(self, seconds: float = 15.0) -> int:
+        """SIGTERM, then its exit status once it has exited and its stderr is read."""
+        self.terminate()
+        with trio.fail_after(seconds):
+            code = await self.process.wait()
+        await self.all_output(seconds)
+        return code
+
+    def terminate(self) -> None:
+        """Send SIGTERM (a graceful shutdown) once, if it is still running; do
+        not wait. (A second SIGTERM would stop it at once.)"""
+        if self.process.returncode is None and not self._terminated:
+            self._terminated = True
+            self.process.send_signal(signal.SIGTERM)
+
+    async def kill(self) -> None:
+        """SIGKILL, and wait until it is gone."""
+        self.process.kill()
+        await self.process.wait()
+
+
+async def stop_all(children: list[ServeProcess], seconds: float = 15.0) -> list[int]:
+    """Stop several at once (SIGTERM to each, then wait); their exit statuses."""
+    for child in children:
+        child.terminate()
+    return [await child.stop(seconds) for child in children]
+
+
+@contextlib.asynccontextmanager
+async def serve_process(
+    *args: str,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    seconds: float = 30.0,
+) -> AsyncIterator[ServeProcess]:
+    """Run ``trio-chatruns serve --port 0 ARGS...`` (in ``cwd``, with ``env``
+    added to the environment) until the block ends; yield it once it has
+    printed its ``serving on URL`` line. The block may stop it (:meth:`stop`,
+    :meth:`kill`); one still running at the end is killed. Skips the test
+    when the console script is not installed next to Python."""
+    async with serve_processes(1, *args, cwd=cwd, env=env, seconds=seconds) as (child,):
+        yield child
+
+
+@contextlib.asynccontextmanager
+async def serve_processes(
+    count: int,
+    *args: str,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    seconds: float = 30.0,
+) -> AsyncIterator[list[ServeProcess]]:
+    """:func:`serve_process` for ``count`` workers with the same arguments,
+    started at once, each on a port of its own; yields them once every one
+    of them is serving."""
+    if not SCRIPT.exists():
+        pytest.skip("the trio-chatruns console script is not installed next to python")
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": "", **(env or {})}
+    children: list[ServeProcess] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                for _ in range(count):
+                    process = await trio.lowlevel.open_process(
+                        [str(SCRIPT), "serve", "--port", "0", *args],
+                        cwd=cwd,
+                        stderr=subprocess.PIPE,
+                        env=environment,
+                    )
+                    children.append(ServeProcess(process))
+                    nursery.start_soon(children[-1]._drain)
+                for child in children:  # they start in parallel; any order will do
+                    match = await child.wait_for_match(r"serving on (\S+)\s", seconds)
+                    child.url = match[1]
+                yield children
+            finally:
+                with trio.CancelScope(shield=True):
+                    for child in children:
+                        if child.process.returncode is None:
+                            await child.kill()
+    finally:
+        for child in children:
+            assert child.process.stderr is not None
+            await child.process.stderr.aclose()

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 
 import httpx
 import pytest
-import trio
-from test_server_cli import start_cli
 from test_server_security import SLOW, ws_handshake
 
 from trio_chatruns.server import ServerSettings
@@ -23,6 +20,8 @@ from trio_chatruns.server.auth import (
     log_exposure,
 )
 from trio_chatruns.server.cli import main, parser
+
+from helpers import serve_process
 
 KEY = "s3cret-key_for.tests"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -161,6 +160,26 @@ async def test_stream_tokens_expire(mock_clock):
     assert not tokens.verify(token, "c1")
 
 
+def test_shared_stream_tokens_work_on_every_worker_with_the_key():
+    """``serve --redis`` workers: a token from one opens the stream on another."""
+    now = [1_800_000_000.0]  # Unix time, the clock processes share
+
+    def clock() -> float:
+        return now[0]
+
+    worker_a = StreamTokens.shared("the-key", clock=clock)
+    worker_b = StreamTokens.shared("the-key", clock=clock)
+    token = worker_a.issue("c1")
+    assert worker_b.verify(token, "c1")
+    assert not worker_b.verify(token, "c2")
+    assert not StreamTokens.shared("another-key", clock=clock).verify(token, "c1")
+    assert not StreamTokens().verify(token, "c1")  # a per-process secret
+    now[0] += 59.9
+    assert worker_b.verify(token, "c1")
+    now[0] += 0.2
+    assert not worker_b.verify(token, "c1")
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -282,21 +301,12 @@ def test_help_does_not_show_the_key_from_the_environment(monkeypatch, capsys):
 
 async def test_the_key_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setitem(os.environ, "TRIO_CHATRUNS_API_KEY", KEY)
-    process, url, rest_of_stderr = await start_cli(tmp_path)
-    try:
-        async with httpx.AsyncClient(base_url=url) as client:
+    async with serve_process(cwd=tmp_path) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
             assert (await client.get("/v1/chat/runs")).status_code == 401
             assert (await client.get("/v1/chat/runs", headers=AUTH)).status_code == 200
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(10):
-            assert await process.wait() == 0
-            stderr = await rest_of_stderr()
-        assert KEY not in stderr  # a key the operator chose is never logged
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stderr.aclose()
+        assert await server.stop() == 0
+        assert KEY not in server.text  # a key the operator chose is never logged
 
 
 async def _asgi_status(app, path, root_path="", headers=()):

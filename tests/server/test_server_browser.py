@@ -11,6 +11,9 @@
   intact.
 - A bad ``#c=`` is refused with a message and nothing can be sent.
 - 390 px wide, light and dark: nothing overflows.
+- Two ``trio-chatruns serve --redis`` workers behind a round-robin proxy,
+  with an API key: a turn cut mid-reply resumes through the other worker, a
+  second turn continues the conversation and survives a reload mid-reply.
 
 Every scenario saves screenshots: in ``$CHATRUNS_SCREENSHOTS`` if set, else in
 the test's tmp directory (``pytest --basetemp=DIR`` keeps them in a known
@@ -25,6 +28,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -34,8 +38,11 @@ import pytest
 import trio
 from trio_websocket import wrap_client_stream
 
+from rr_proxy import RoundRobinProxy
 from trio_chatruns.server import ScriptedModel, ServerSettings, serve
 from trio_chatruns.server.producers import scripted_reply
+
+from helpers import serve_processes, stop_all
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -436,3 +443,110 @@ async def test_page_restart_unreachable_bad_id_and_narrow(nursery, tmp_path, sho
     running.shutdown()
     with trio.fail_after(15):
         await stopped.wait()
+
+
+async def test_page_on_two_workers_behind_a_round_robin_proxy(nursery, tmp_path, shots, own_redis):
+    """The page served by two ``trio-chatruns serve --redis`` workers A and B
+    behind a round-robin proxy (tests/rr_proxy.py, nginx's stand-in), with an
+    API key, as docs/deploy.md sets it up: a full turn cut mid-reply, a
+    second turn continuing the conversation, reloaded mid-reply.
+
+    Which worker a request reaches depends on which connection the browser
+    reuses, so the test steers the proxy: each cut or reload happens as the
+    worker serving the page leaves the proxy's list (as in a rolling
+    restart), which forces the resume onto the other worker."""
+    proxy = RoundRobinProxy()
+    port = await nursery.start(proxy.serve)
+    key = "browser-" + os.urandom(12).hex()
+    async with serve_processes(
+        2,
+        "--redis", own_redis.url,
+        "--allowed-host", f"127.0.0.1:{port}",  # the Host the page sends: the proxy's
+        "--tokens-per-second", "25",
+        "--sse-retry-ms", "100",
+        "--graceful-timeout", "1",
+        cwd=tmp_path,
+        env={"TRIO_CHATRUNS_API_KEY": key},
+    ) as (a, b):  # fmt: skip
+        await _two_workers_scenario(proxy, port, key, a, b, shots)
+        assert await stop_all([a, b]) == [0, 0]
+
+
+STREAM_LOGGED = re.escape('"GET /v1/chat/runs/workers-1/stream" 200')
+
+
+async def _streamed(worker, times=1):
+    """Wait until ``worker`` has logged ``times`` streams of the conversation
+    (its access log line comes once a stream closes)."""
+    await worker.wait_for_match(f"(?s)(?:{STREAM_LOGGED}.*){{{times}}}")
+
+
+def _streams_of(worker):
+    return len(re.findall(STREAM_LOGGED, worker.text))
+
+
+async def _two_workers_scenario(proxy, port, key, a, b, shots):
+    only = {worker: [("127.0.0.1", worker.port)] for worker in (a, b)}
+    proxy.upstreams = only[a]
+    async with browser() as devtools:
+        session = await open_tab(devtools, f"http://127.0.0.1:{port}/#c=workers-1&token={key}")
+        assert await evaluate(devtools, session, "chatState.conversationId") == "workers-1"
+
+        # 1. A turn, started and streamed through A; mid-reply A leaves the
+        # proxy and every connection is cut: the page resumes through B.
+        first_prompt = "hello, two workers"
+        await type_and_send(devtools, session, first_prompt)
+        first = "".join(scripted_reply(first_prompt, 90))
+        await wait_for(
+            devtools,
+            session,
+            f"chatState.text.length > {len(first) // 4} && chatState.connection === 'open'",
+        )
+        opens = await evaluate(devtools, session, "chatState.opens")
+        proxy.upstreams = only[b]
+        assert proxy.cut_all() >= 1
+        await wait_for(devtools, session, f"chatState.opens > {opens}")
+        await screenshot(devtools, session, shots / "workers-resumed.png")
+        await wait_for(devtools, session, "chatState.ended && chatState.status === 'completed'")
+        state = await page_state(devtools, session)
+        assert state["text"] == first
+        assert state["duplicates"] == 0
+        assert state["gaps"] == []
+        await _streamed(a)
+        await _streamed(b)
+        await screenshot(devtools, session, shots / "workers-first-turn.png")
+
+        # 2. A second turn, sent through B: the model gets the first turn (A's
+        # run saved it in the history in Redis). Mid-reply B leaves the proxy
+        # and the page is reloaded: it comes back through A and resumes.
+        second_prompt = "and a second turn"
+        await type_and_send(devtools, session, second_prompt)
+        second = "".join(scripted_reply(second_prompt, 90, turn=2, history=2))
+        await wait_for(
+            devtools,
+            session,
+            f"chatState.turns.length === 2 && chatState.text.length > {len(second) // 4}",
+        )
+        run_id = (await page_state(devtools, session))["runId"]
+        streams_on_a = _streams_of(a)
+        proxy.upstreams = only[a]
+        proxy.cut_all()
+        await devtools.call("Page.reload", session)
+        await wait_for(
+            devtools, session, "typeof window.chatState === 'object' && chatState.opens > 0"
+        )
+        await wait_for(devtools, session, "chatState.text.length > 0")
+        assert not await evaluate(devtools, session, "chatState.ended"), "reloaded mid-reply"
+        await screenshot(devtools, session, shots / "workers-reloaded.png")
+        await wait_for(devtools, session, "chatState.ended && chatState.status === 'completed'")
+        shown = await turns(devtools, session)
+        assert [(t["user"], t["reply"]) for t in shown] == [
+            (first_prompt, first),
+            (second_prompt, second),
+        ]
+        assert shown[1]["run"] == run_id
+        no_errors(devtools, await page_state(devtools, session))
+        await screenshot(devtools, session, shots / "workers-two-turns.png")
+    await _streamed(a, streams_on_a + 1)  # the reloaded page streamed from A
+    # Stream tokens from one worker opened streams on the other: no 401 anywhere.
+    assert '" 401 ' not in a.text + b.text

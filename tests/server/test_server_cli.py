@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,7 +14,7 @@ import trio
 from trio_chatruns.server import ServerSettings, serve
 from trio_chatruns.server.cli import parser
 
-SCRIPT = Path(sys.executable).with_name("trio-chatruns")
+from helpers import serve_process
 
 USER_MODULE = textwrap.dedent(
     """
@@ -84,32 +81,6 @@ def test_bad_log_level_is_an_argparse_error(capsys):
     assert parser().parse_args(["serve", "--log-level", "debug"]).log_level == "DEBUG"
 
 
-async def start_cli(cwd, *args):
-    """Start the console script in ``cwd``; return (process, url, read_stderr)."""
-    if not SCRIPT.exists():
-        pytest.skip("the trio-chatruns console script is not installed next to python")
-    process = await trio.lowlevel.open_process(
-        [str(SCRIPT), "serve", "--port", "0", *args],
-        cwd=cwd,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": ""},
-    )
-    buffer = bytearray()
-    with trio.fail_after(15):
-        while b"serving on " not in buffer:
-            chunk = await process.stderr.receive_some()
-            assert chunk, buffer.decode()
-            buffer += chunk
-    url = buffer.decode().split("serving on ")[1].split()[0]
-
-    async def rest_of_stderr():
-        while chunk := await process.stderr.receive_some():
-            buffer.extend(chunk)
-        return buffer.decode()
-
-    return process, url, rest_of_stderr
-
-
 async def wait_status(client, conversation_id, wanted):
     with trio.fail_after(10):
         while True:
@@ -121,45 +92,28 @@ async def wait_status(client, conversation_id, wanted):
 
 async def test_console_script_loads_a_producer_from_the_current_directory(tmp_path):
     (tmp_path / "cwd_user_models.py").write_text(USER_MODULE)
-    process, url, rest_of_stderr = await start_cli(tmp_path, "--producer", "cwd_user_models:echo")
-    try:
-        async with httpx.AsyncClient(base_url=url) as client:
+    async with serve_process("--producer", "cwd_user_models:echo", cwd=tmp_path) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
             assert (await client.post("/v1/chat/runs/e", json={"prompt": "abc"})).status_code == 202
             await wait_status(client, "e", {"completed"})
             events = (await client.get("/v1/chat/runs/e/events")).json()["events"]
         assert events[0]["frame"] == {"type": "token", "text": "cba"}
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(10):
-            assert await process.wait() == 0
-            await rest_of_stderr()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stderr.aclose()
+        assert await server.stop() == 0
 
 
 async def test_shutdown_is_bounded_when_a_producer_shields_cancellation(tmp_path):
     (tmp_path / "cwd_user_models.py").write_text(USER_MODULE)
     graceful = 0.4
-    process, url, rest_of_stderr = await start_cli(
-        tmp_path, "--producer", "cwd_user_models:stubborn", "--graceful-timeout", str(graceful)
-    )
-    try:
-        async with httpx.AsyncClient(base_url=url) as client:
+    async with serve_process(
+        "--producer", "cwd_user_models:stubborn", "--graceful-timeout", str(graceful), cwd=tmp_path
+    ) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
             assert (await client.post("/v1/chat/runs/s", json={"prompt": "p"})).status_code == 202
             with trio.fail_after(10):  # polling another process: no event to wait on
                 while not (await client.get("/v1/chat/runs/s/events")).json()["events"]:  # noqa: ASYNC110
                     await trio.sleep(0.02)
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(10):
-            code = await process.wait()
-            stderr = await rest_of_stderr()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stderr.aclose()
+        code = await server.stop()
+        stderr = server.text
     assert code == 1
     # serve() names the stuck run, then the command gives up a second later.
     assert "graceful shutdown did not finish" in stderr

@@ -10,8 +10,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,9 +18,10 @@ import trio
 from trio_chatruns.server import ScriptedModel, ServerSettings, serve
 from trio_chatruns.server.producers import ChatMessage, scripted_reply
 
+from helpers import SCRIPT, serve_process
+
 FAST = ScriptedModel(tokens_per_second=250.0, reply_tokens=30, pause_tokens=2)
 SLOW = ScriptedModel(tokens_per_second=40.0, reply_tokens=400, pause_tokens=2)
-SCRIPT = Path(sys.executable).with_name("trio-chatruns")
 
 
 async def start(nursery, db, model=FAST, **settings):
@@ -170,39 +169,13 @@ async def test_shutdown_saves_the_cut_reply(nursery, tmp_path):
     await stop(running, stopped)
 
 
-async def start_cli(cwd, *args):
-    if not SCRIPT.exists():
-        pytest.skip("the trio-chatruns console script is not installed next to python")
-    process = await trio.lowlevel.open_process(
-        [str(SCRIPT), "serve", "--port", "0", *args],
-        cwd=cwd,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": ""},
-    )
-    buffer = bytearray()
-    with trio.fail_after(15):
-        while b"conversation history in " not in buffer:
-            chunk = await process.stderr.receive_some()
-            assert chunk, buffer.decode()
-            buffer += chunk
-    text = buffer.decode()
-    url = text.split("serving on ")[1].split()[0]
-
-    async def rest():
-        while chunk := await process.stderr.receive_some():
-            buffer.extend(chunk)
-        return buffer.decode()
-
-    return process, url, text, rest
-
-
 async def test_sigterm_mid_reply_then_restart_shows_the_cut_reply(tmp_path):
     """The console script on its default --db: SIGTERM mid-reply, restart, the cut reply."""
     received = ""
-    process, url, startup, rest = await start_cli(tmp_path, "--tokens-per-second", "40")
-    try:
-        assert f"conversation history in {tmp_path / 'trio-chatruns.db'}" in startup
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with serve_process("--tokens-per-second", "40", cwd=tmp_path) as server:
+        await server.wait_for_match(r"conversation history in [^\n]*\n")
+        assert f"conversation history in {tmp_path / 'trio-chatruns.db'}" in server.text
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             body = await post(client, "term", "tell me everything")
             with trio.fail_after(10):
                 async with client.stream("GET", "/v1/chat/runs/term/stream") as stream:
@@ -211,29 +184,13 @@ async def test_sigterm_mid_reply_then_restart_shows_the_cut_reply(tmp_path):
                             if '"type":"token"' in line:
                                 received += line.split('"text":"')[1].split('"')[0]
                             if len(received) > 40:
-                                process.send_signal(signal.SIGTERM)
+                                server.process.send_signal(signal.SIGTERM)
                                 reading.cancel()
-        with trio.fail_after(15):
-            assert await process.wait() == 0
-        await rest()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stderr.aclose()
-    process, url, _, rest = await start_cli(tmp_path)
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        assert await server.stop() == 0
+    async with serve_process(cwd=tmp_path) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             messages = (await client.get("/v1/conversations/term/messages")).json()["messages"]
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(15):
-            assert await process.wait() == 0
-        await rest()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stderr.aclose()
+        assert await server.stop() == 0
     assert [m["role"] for m in messages] == ["user", "assistant"]
     reply = messages[1]
     assert reply["run_id"] == body["run_id"]
@@ -379,31 +336,14 @@ async def test_full_queue_is_429(nursery, tmp_path):
 
 async def test_killed_mid_reply_lists_the_reply_as_lost(tmp_path):
     """SIGKILL saves nothing more: the prompt is kept, its reply is listed as lost."""
-    process, url, _, rest = await start_cli(tmp_path, "--tokens-per-second", "20")
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with serve_process("--tokens-per-second", "20", cwd=tmp_path) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             body = await post(client, "killed", "never finished")
-        process.kill()
-        await process.wait()
-        await rest()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stderr.aclose()
-    process, url, _, rest = await start_cli(tmp_path)
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        await server.kill()
+    async with serve_process(cwd=tmp_path) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             messages = (await client.get("/v1/conversations/killed/messages")).json()["messages"]
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(15):
-            assert await process.wait() == 0
-        await rest()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stderr.aclose()
+        assert await server.stop() == 0
     assert [(m["role"], m["status"], m["run_id"]) for m in messages] == [
         ("user", "sent", body["run_id"]),
         ("assistant", "lost", body["run_id"]),

@@ -58,8 +58,17 @@ class ChatServer(ServerState):
 
     app: Starlette = attrs.field(init=False, repr=False)
     """The Starlette ASGI application serving the API, the streams and the page."""
-    stream_tokens: StreamTokens = attrs.field(factory=StreamTokens, init=False, repr=False)
-    """Signs the short-lived tokens that open a stream without an ``Authorization`` header."""
+    stream_tokens: StreamTokens = attrs.field(init=False, repr=False)
+    """Signs the short-lived tokens that open a stream without an ``Authorization`` header:
+    with a per-process secret, or with ``settings.redis`` and an API key, one every
+    worker derives from the key (:meth:`StreamTokens.shared`)."""
+
+    @stream_tokens.default
+    def _stream_tokens(self) -> StreamTokens:
+        settings = self.settings
+        if settings.redis is not None and settings.api_key is not None:
+            return StreamTokens.shared(settings.api_key)
+        return StreamTokens()
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()

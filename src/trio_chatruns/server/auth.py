@@ -11,11 +11,13 @@ A browser's ``EventSource`` and ``WebSocket`` cannot set headers, so the two
 stream routes also accept ``?access_token=<token>`` (RFC 6750 §2.3), where the
 token comes from ``POST /v1/chat/runs/{conversation_id}/stream-token`` (which
 needs the key): an HMAC-SHA256 over the conversation id and an expiry, signed
-with a secret made at start-up, valid :data:`STREAM_TOKEN_TTL` seconds and for
-that conversation's streams only. It is checked when a stream opens; an open
-stream outlives it. Why not a cookie: a cookie would be sent by the browser on
-its own (ambient authority, the very thing the cross-site checks fight), would
-be shared by every tab rather than kept per tab, and cookies ignore ports
+with a secret made at start-up (with ``--redis``, one derived from the key, so
+that every worker accepts the tokens of every other: :meth:`StreamTokens.shared`),
+valid :data:`STREAM_TOKEN_TTL` seconds and for that conversation's streams only.
+It is checked when a stream opens; an open stream outlives it. Why not a
+cookie: a cookie would be sent by the browser on its own (ambient authority,
+the very thing the cross-site checks fight), would be shared by every tab
+rather than kept per tab, and cookies ignore ports
 (RFC 6265 §8.5), so any other server on ``localhost`` would receive it.
 
 :func:`generate_api_key` makes the key the server uses, as Jupyter does, when
@@ -30,6 +32,8 @@ import hmac
 import logging
 import re
 import secrets
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -140,18 +144,44 @@ class StreamTokens:
     """Issues and checks short-lived stream tokens bound to one conversation.
 
     A token is ``<expiry>.<signature>``: the expiry in milliseconds of
-    :func:`trio.current_time`, and URL-safe base64 of HMAC-SHA256(secret,
-    ``conversation_id + "\\n" + expiry``). Tokens die with the process (the
-    secret is not kept): after a restart the page simply asks for a new one.
+    ``clock`` (:func:`trio.current_time` by default), and URL-safe base64 of
+    HMAC-SHA256(secret, ``conversation_id + "\\n" + expiry``). Tokens die
+    with the process (the secret is not kept): after a restart the page
+    simply asks for a new one. Several workers behind a load balancer use
+    :meth:`shared` instead, so a token issued by one opens a stream on any.
 
     Args:
         ttl: seconds a token stays valid.
         secret: the signing key; random (32 bytes) by default.
+        clock: the time in seconds that expiries are counted on.
     """
 
-    def __init__(self, ttl: float = STREAM_TOKEN_TTL, secret: bytes | None = None) -> None:
+    def __init__(
+        self,
+        ttl: float = STREAM_TOKEN_TTL,
+        secret: bytes | None = None,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
         self.ttl = ttl
         self._secret = secrets.token_bytes(32) if secret is None else secret
+        self._clock = clock
+
+    @classmethod
+    def shared(
+        cls, api_key: str, ttl: float = STREAM_TOKEN_TTL, clock: Callable[[], float] = time.time
+    ) -> StreamTokens:
+        """Tokens that every worker given the same ``api_key`` issues and accepts
+        alike (``serve --redis``: the page may get its token from one worker
+        and open the stream on another).
+
+        The secret is HMAC-SHA256(``api_key``, ``"trio-chatruns stream
+        tokens"``), so knowing it takes the key, and the expiry is Unix time
+        (:func:`time.time`), the clock that processes and machines share
+        (Trio's clock is per process); clock skew between machines shifts a
+        token's 60 s by as much.
+        """
+        secret = hmac.new(api_key.encode(), b"trio-chatruns stream tokens", hashlib.sha256)
+        return cls(ttl, secret.digest(), clock)
 
     def rotate(self) -> None:
         """Invalidate every token issued so far (a new secret). Synchronous.
@@ -169,7 +199,7 @@ class StreamTokens:
 
     def issue(self, conversation_id: str) -> str:
         """A token for ``conversation_id``'s streams, valid :attr:`ttl` seconds from now."""
-        expiry = str(int((trio.current_time() + self.ttl) * 1000))
+        expiry = str(int((self._clock() + self.ttl) * 1000))
         return f"{expiry}.{self._sign(conversation_id, expiry)}"
 
     def verify(self, token: str, conversation_id: str) -> bool:
@@ -184,7 +214,7 @@ class StreamTokens:
         expected = self._sign(conversation_id, expiry)
         if not hmac.compare_digest(signature.encode(), expected.encode()):
             return False
-        return int(expiry) / 1000 > trio.current_time()
+        return int(expiry) / 1000 > self._clock()
 
 
 def route_path(scope: Any) -> str:

@@ -192,6 +192,14 @@ def parser() -> argparse.ArgumentParser:
         "shared by every worker started with the same URL; --db is then unused. Needs the "
         "[redis] extra. Default: in memory, one process",
     )
+    hist.add_argument(
+        "--redis-lease",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --redis: seconds a worker holds its runs without renewing; a dead "
+        "worker's runs end 'failed' once it lapses (give every worker the same)",
+    )
     model.add_argument(
         "--timeout",
         type=float,
@@ -307,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             allowed_origins=tuple(args.allow_origin),
             sse_retry_ms=args.sse_retry_ms,
             redis=args.redis,
+            redis_lease=args.redis_lease,
         )
         if settings.redis is not None:
             require_coredis()

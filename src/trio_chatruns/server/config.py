@@ -151,6 +151,11 @@ class ServerSettings:
             is then unused). ``None`` (the default): the in-memory registry
             and the SQLite history. Needs the ``[redis]`` extra. Not shown in
             ``repr`` (a URL may hold a password).
+        redis_lease (float): with ``redis``, seconds a worker holds the runs
+            it owns without renewing (renewed every third of it): once a
+            dead worker's lease lapses, its runs end ``failed`` for every
+            other worker. Default 10 (``trio_chatruns.redis.open_redis_chat_runs``'s
+            ``lease``); give every worker the same.
     """
 
     host: str = attrs.field(default=DEFAULT_HOST, validator=v.instance_of(str))
@@ -178,3 +183,4 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_hosts)
     allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
     redis: str | None = attrs.field(default=None, validator=_check_redis_url, repr=False)
+    redis_lease: float = attrs.field(default=10.0, validator=_pos_float)

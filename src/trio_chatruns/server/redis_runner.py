@@ -49,11 +49,15 @@ def redact(url: str) -> str:
 
 @asynccontextmanager
 async def open_redis_parts(
-    url: str, registry_config: RegistryConfig | None, history_messages: int
+    url: str,
+    registry_config: RegistryConfig | None,
+    history_messages: int,
+    lease: float = 10.0,
 ) -> AsyncIterator[tuple[RedisChatRuns, ConversationHistory]]:
     """Open the Redis at ``url``: yields ``(runs, history)`` for a ``ChatServer``.
 
-    The runs are opened with ``on_run_end=history.on_run_end``.
+    The runs are opened with ``on_run_end=history.on_run_end`` and ``lease``
+    (seconds; see ``open_redis_chat_runs``).
 
     Raises:
         ImportError: coredis is not installed (the message names the extra).
@@ -75,13 +79,17 @@ async def open_redis_parts(
                 raise RedisUnavailable("start", f"{type(exc).__name__}: {exc}") from None
         if scope.cancelled_caught:
             raise RedisUnavailable("start", f"no answer within {CONNECT_TIMEOUT:g} s")
-        async with _open_parts(client, url, registry_config, history_messages) as parts:
+        async with _open_parts(client, url, registry_config, history_messages, lease) as parts:
             yield parts
 
 
 @asynccontextmanager
 async def _open_parts(
-    client: Any, url: str, registry_config: RegistryConfig | None, history_messages: int
+    client: Any,
+    url: str,
+    registry_config: RegistryConfig | None,
+    history_messages: int,
+    lease: float,
 ) -> AsyncIterator[tuple[RedisChatRuns, ConversationHistory]]:
     from ..redis import open_redis_chat_runs
     from .redis_history import open_redis_conversation_history
@@ -90,6 +98,8 @@ async def _open_parts(
         open_redis_conversation_history(
             client, history_messages=history_messages, where=redact(url)
         ) as history,
-        open_redis_chat_runs(client, registry_config, on_run_end=history.on_run_end) as runs,
+        open_redis_chat_runs(
+            client, registry_config, lease=lease, on_run_end=history.on_run_end
+        ) as runs,
     ):
         yield runs, history

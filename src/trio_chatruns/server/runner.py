@@ -309,10 +309,9 @@ async def _open_runs(
     if settings.redis is not None:
         from .redis_runner import open_redis_parts, redact
 
-        async with open_redis_parts(settings.redis, registry_config, settings.history_messages) as (
-            runs,
-            history,
-        ):
+        async with open_redis_parts(
+            settings.redis, registry_config, settings.history_messages, settings.redis_lease
+        ) as (runs, history):
             logger.info(
                 "runs and conversation history in Redis at %s (worker %s)",
                 redact(settings.redis),
