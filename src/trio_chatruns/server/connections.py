@@ -10,9 +10,10 @@ timeout does not help (it cancels, and the shield absorbs that too), and the
 stream holding the connection keeps its subscription, its stream slot, its
 socket and whatever run it pins in memory.
 
-What does end the write is a cancel scope *inside* the shield. This module
-gives hypercorn's ``TCPServer`` such a scope with a deadline
-(:class:`WriteDeadlines`, ``--send-timeout``): a write that has not finished
+What does end the write is the shielded scope's *own* deadline (a shield
+blocks cancellation from outside a scope, not the scope's own). This module
+gives hypercorn's ``TCPServer`` one such scope per write, shielded and with a
+deadline (:class:`WriteDeadlines`, ``--send-timeout``): a write that has not finished
 by then is abandoned and the connection is closed — as it must be, since a
 half-written message leaves the byte stream unusable. Closing the socket wakes
 hypercorn's reader, the application gets its ``http.disconnect`` /
@@ -66,9 +67,12 @@ class WriteDeadlines:
         """Connections closed because a write did not finish in time."""
 
     def write_scope(self) -> trio.CancelScope:
-        """A cancel scope bounding one write; enter it inside hypercorn's shield,
-        and :meth:`done` it after."""
-        scope = trio.CancelScope(deadline=min(trio.current_time() + self.send_timeout, self._cap))
+        """A shielded cancel scope bounding one write: outer cancellation cannot
+        interrupt the write (as hypercorn's own shield), its deadline can.
+        :meth:`done` it after."""
+        scope = trio.CancelScope(
+            deadline=min(trio.current_time() + self.send_timeout, self._cap), shield=True
+        )
         self._writes.add(scope)
         return scope
 
@@ -105,27 +109,41 @@ class DeadlineTCPServer(TCPServer):
         if deadlines is None or not isinstance(event, RawData):
             await super().protocol_send(event)
             return
-        async with self.send_lock:
-            closed = False
+        lock = self.send_lock
+        try:
+            # A free lock is taken without a checkpoint: the write below is
+            # shielded anyway, so a checkpoint here only costs a scheduling round.
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        closed = False
+        try:
+            # hypercorn's shield and the write deadline are one scope: shielded
+            # from outer cancellation, cancelled by its own deadline (or by
+            # WriteDeadlines.cut).
+            write = deadlines.write_scope()
             try:
-                with trio.CancelScope(shield=True):
-                    write = deadlines.write_scope()
-                    try:
-                        with write:
-                            await self.stream.send_all(event.data)
-                    finally:
-                        deadlines.done(write)
-                    if write.cancelled_caught:
-                        # Part of the data may be on the wire: the connection is
-                        # unusable. Closing the socket also wakes the reader.
-                        closed = True
-                        deadlines.closed_connections += 1
-                        logger.debug("closing a connection: a write did not finish in time")
-                        await self.stream.aclose()
+                with write:
+                    await self.stream.send_all(event.data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 closed = True
-            if closed:
-                await self.protocol.handle(Closed())
+            finally:
+                deadlines.done(write)
+            if write.cancelled_caught:
+                # Part of the data may be on the wire: the connection is
+                # unusable. Closing the socket also wakes the reader.
+                closed = True
+                deadlines.closed_connections += 1
+                logger.debug("closing a connection: a write did not finish in time")
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self.stream.aclose()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+        finally:
+            lock.release()
+        if closed:
+            await self.protocol.handle(Closed())
 
 
 def install() -> None:
