@@ -32,6 +32,7 @@ exactly as before). The supported hypercorn versions are pinned in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any
@@ -135,11 +136,11 @@ class DeadlineTCPServer(TCPServer):
                 closed = True
                 deadlines.closed_connections += 1
                 logger.debug("closing a connection: a write did not finish in time")
-                with trio.CancelScope(shield=True):
-                    try:
-                        await self.stream.aclose()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
+                with (
+                    trio.CancelScope(shield=True),
+                    contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                ):
+                    await self.stream.aclose()
         finally:
             lock.release()
         if closed:
