@@ -104,8 +104,8 @@ class DeadlineTCPServer(TCPServer):
 
     Only the raw-data branch of ``protocol_send`` differs, and only when the
     config carries a :class:`WriteDeadlines` (attribute ``write_deadlines``):
-    what the socket takes at once is written without waiting (no scheduling
-    round per write), the rest under the deadline.
+    what the socket takes at once is written without waiting (no cancel scope
+    per write), the rest under the deadline.
     """
 
     async def protocol_send(self, event: Any) -> None:
@@ -128,6 +128,12 @@ class DeadlineTCPServer(TCPServer):
                 closed = True
             elif written < len(data):
                 closed = await self._write_rest(deadlines, memoryview(data)[written:])
+            else:
+                # Written at once: still one scheduling round, as Trio's own
+                # send does, so the connection's reader runs before what the
+                # application does next (closing it, say) and no request
+                # bytes are left unread when it closes.
+                await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             lock.release()
         if closed:
@@ -138,8 +144,8 @@ class DeadlineTCPServer(TCPServer):
         or ``-1`` when the connection is closed or broken. Synchronous.
 
         Most writes of a healthy stream fit in the socket's send buffer; this
-        writes them with no checkpoint, no cancel scope and none of the
-        coroutines of ``SocketStream.send_all``. Only a plain TCP stream is
+        writes them with no cancel scope and none of the coroutines of
+        ``SocketStream.send_all``. Only a plain TCP stream is
         written directly (never TLS); anything else gets ``0`` (all of it is
         left to :meth:`_write_rest`).
         """
