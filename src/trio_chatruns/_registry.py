@@ -5,7 +5,6 @@ critical section, eviction on the mutation and read paths
 from __future__ import annotations
 
 import builtins
-import inspect
 import os
 import sys
 from collections import deque
@@ -25,31 +24,22 @@ from ._run import ChatRun, RunState
 from ._run_end import RunEndHook, RunEndHooks
 from ._status import ChatRunStatus, StartPolicy
 from ._subscription import ChatRunSubscription
-from ._util import UNSET, NoPublicConstructor, Unset, check_conversation_id
+from ._util import (
+    UNSET,
+    NoPublicConstructor,
+    Unset,
+    check_active_only,
+    check_conversation_id,
+    check_cursor,
+    check_run_id,
+    check_start_arguments,
+    is_async_callable,
+)
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["ChatRunRegistry", "open_chat_run_registry"]
-
-
-def _check_cursor(after: object) -> int:
-    if isinstance(after, bool) or not isinstance(after, int):
-        raise TypeError(f"after must be an int seq, not {after!r}")
-    if after < 0:
-        raise ValueError(f"after must be >= 0, not {after!r}")
-    return after
-
-
-def _is_async_callable(obj: object) -> bool:
-    # Fast path for a plain ``async def`` function, on every try_start: one
-    # flag test instead of inspect's unwrapping.
-    code = getattr(obj, "__code__", None)
-    if code is not None and code.co_flags & inspect.CO_COROUTINE:
-        return True
-    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(
-        getattr(obj, "__call__", None)  # noqa: B004 - async callable objects
-    )
 
 
 @final
@@ -285,9 +275,7 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
 
         On any of these, nothing changes (not even a sweep).
         """
-        check_conversation_id(conversation_id)
-        if not _is_async_callable(producer):
-            raise TypeError(f"producer must be an async function, not {producer!r}")
+        check_start_arguments(conversation_id, producer)
         policy = if_active if if_active is StartPolicy.REJECT else StartPolicy.coerce(if_active)
         if self._closed:
             raise RuntimeError(f"registry is closed; cannot start a run for {conversation_id!r}")
@@ -429,8 +417,7 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
         Raises:
             TypeError: ``active_only`` is not a ``bool``.
         """
-        if not isinstance(active_only, bool):
-            raise TypeError(f"active_only must be a bool, not {active_only!r}")
+        check_active_only(active_only)
         self._sweep()
         states = self._runs.values()
         records = [
@@ -449,7 +436,7 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
             TypeError / ValueError: a bad ``conversation_id`` or ``after`` (an
                 int >= 0).
         """
-        _check_cursor(after)
+        check_cursor(after)
         state = self._lookup(conversation_id)
         return [] if state is None else state.events_after(after)
 
@@ -507,9 +494,8 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
     async def _subscription(
         self, conversation_id: str, after: int, run_id: str | None
     ) -> AsyncIterator[ChatRunSubscription]:
-        _check_cursor(after)
-        if run_id is not None and not isinstance(run_id, str):
-            raise TypeError(f"run_id must be a str or None, not {run_id!r}")
+        check_cursor(after)
+        check_run_id(run_id)
         state = self._require(conversation_id)
         if run_id is not None and run_id != state.run_id:
             for waiting in self._queues.get(conversation_id, ()):
@@ -598,7 +584,7 @@ async def open_chat_run_registry(
         config = RegistryConfig()
     elif not isinstance(config, RegistryConfig):
         raise TypeError(f"config must be a RegistryConfig or None, not {config!r}")
-    if on_run_end is not None and not _is_async_callable(on_run_end):
+    if on_run_end is not None and not is_async_callable(on_run_end):
         raise TypeError(f"on_run_end must be an async function or None, not {on_run_end!r}")
     body_error: BaseException | None = None
     try:

@@ -21,6 +21,7 @@ from ._counters import Counters
 from ._exceptions import ReplayGap, RunTerminated
 from ._fanout import Fanout, Subscriber
 from ._frame_size import checked_size, default_frame_size
+from ._handle import RunHandle
 from ._records import ChatRunEvent, ChatRunRecord
 from ._status import ChatRunStatus
 from ._subscription import ChatRunSubscription
@@ -155,18 +156,7 @@ class RunState:
 
     def _check_status(self, status: ChatRunStatus | str) -> ChatRunStatus:
         """``status`` as a member, if this run may move to it."""
-        new_status = ChatRunStatus.coerce(status)
-        if new_status is ChatRunStatus.QUEUED:
-            raise ValueError(
-                f"status 'queued' is set by the registry only (run {self.run_id!r}, "
-                f"conversation {self.conversation_id!r})"
-            )
-        if self.status is ChatRunStatus.QUEUED and not new_status.is_terminal:
-            raise ValueError(
-                f"run {self.run_id!r} (conversation {self.conversation_id!r}) is queued; "
-                f"it becomes running when the registry starts it, not {new_status.value!r}"
-            )
-        return new_status
+        return self.status.check_move(status, self.run_id, self.conversation_id)
 
     def push_frame(
         self,
@@ -354,7 +344,7 @@ class RunState:
 
 
 @final
-class ChatRun(metaclass=NoPublicConstructor):
+class ChatRun(RunHandle[RunState], metaclass=NoPublicConstructor):
     """Handle on one run, returned by :meth:`ChatRunRegistry.try_start` and
     passed to the producer.
 
@@ -363,98 +353,13 @@ class ChatRun(metaclass=NoPublicConstructor):
     pushes raise :class:`RunTerminated`.
 
     Every method except :meth:`wait` is synchronous with no checkpoint, and so
-    atomic with respect to other Trio tasks.
+    atomic with respect to other Trio tasks. ``conversation_id``, ``run_id``,
+    ``record``, ``push_frame``, ``update`` and ``interrupt`` are those of
+    :class:`~trio_chatruns._handle.RunHandle`, which the Redis backend's
+    handle shares.
     """
 
-    __slots__ = ("_state",)
-
-    def __init__(self, state: RunState) -> None:
-        self._state = state
-
-    def __repr__(self) -> str:
-        state = self._state
-        return (
-            f"<ChatRun {state.run_id} conversation={state.conversation_id!r} "
-            f"status={state.status.value} latest_seq={state.latest_seq}>"
-        )
-
-    @property
-    def conversation_id(self) -> str:
-        """The conversation this run belongs to (``str``)."""
-        return self._state.conversation_id
-
-    @property
-    def run_id(self) -> str:
-        """This run's unique id (``str``, new for every run)."""
-        return self._state.run_id
-
-    @property
-    def record(self) -> ChatRunRecord:
-        """A snapshot of the run now (:class:`ChatRunRecord`)."""
-        return self._state.snapshot()
-
-    def push_frame(
-        self,
-        frame: Any,
-        *,
-        status: ChatRunStatus | str | None = None,
-        current_tool: str | Unset | None = UNSET,
-        error: str | Unset | None = UNSET,
-    ) -> int:
-        """Append ``frame`` to the run and send it to every live subscriber.
-
-        The frame gets the next seq (1, 2, ...), is kept in the replay buffer
-        (the oldest frame is trimmed past ``max_events_per_run``), and is queued
-        on each subscriber's channel without waiting: a subscriber whose channel
-        is full is dropped with :class:`SubscriberLagged`. Then ``status``,
-        ``current_tool`` and ``error`` (``UNSET`` leaves a field, ``None`` clears
-        it) are applied; a terminal ``status`` ends the run after this frame.
-
-        Args:
-            frame: any object, stored and delivered as is.
-            status (ChatRunStatus | str | None): new status; ``None`` keeps it.
-            current_tool (str | None | UNSET), error (str | None | UNSET).
-
-        Returns:
-            int: the frame's seq.
-
-        A ``queued`` run accepts frames and a terminal status (which ends it
-        without running its producer), but no other status: it becomes
-        ``running`` only when the registry starts it.
-
-        Raises:
-            RunTerminated: the run is already terminal.
-            TypeError / ValueError: a bad ``status`` (``"queued"``, or an active
-                status while queued), ``current_tool`` or ``error``; nothing is
-                pushed.
-            Whatever ``RegistryConfig.frame_size`` raises, or ``TypeError`` /
-                ``ValueError`` if it returns no ``int >= 0`` (a byte budget
-                set); nothing is pushed.
-        """
-        return self._state.push_frame(frame, status, current_tool, error)
-
-    def update(
-        self,
-        status: ChatRunStatus | str,
-        *,
-        current_tool: str | Unset | None = UNSET,
-        error: str | Unset | None = UNSET,
-    ) -> None:
-        """Set the status (and fields) without pushing a frame.
-
-        A terminal ``status`` ends the run. Raises as :meth:`push_frame`.
-        """
-        self._state.update(status, current_tool, error)
-
-    def interrupt(self) -> bool:
-        """Request cancellation of the producer; ``False`` if already terminal.
-
-        The run ends ``CANCELLED`` once the producer has exited; frames it pushes
-        while unwinding are kept, followed by a last ``{"type": "interrupted"}``
-        frame. A run interrupted before its producer started (a ``queued`` run
-        included) ends ``CANCELLED`` at once and never runs it.
-        """
-        return self._state.interrupt()
+    __slots__ = ()
 
     async def wait(self) -> ChatRunRecord:
         """Wait until the run is terminal; return its final record.

@@ -60,6 +60,28 @@ class ChatRunStatus(str, enum.Enum):
             names = ", ".join(repr(s.value) for s in cls)
             raise ValueError(f"unknown status {value!r}; expected one of {names}") from None
 
+    def check_move(self, status: object, run_id: str, conversation_id: str) -> ChatRunStatus:
+        """``status`` as a member, if a producer may move a run in this status
+        to it: ``queued`` is set by the registry only, and a queued run takes
+        a terminal status only (it becomes ``running`` when it is started).
+
+        Raises:
+            TypeError / ValueError: as :meth:`coerce`; ``ValueError`` for a
+                move those rules refuse (naming the run).
+        """
+        new_status = ChatRunStatus.coerce(status)
+        if new_status is ChatRunStatus.QUEUED:
+            raise ValueError(
+                f"status 'queued' is set by the registry only (run {run_id!r}, "
+                f"conversation {conversation_id!r})"
+            )
+        if self is ChatRunStatus.QUEUED and not new_status.is_terminal:
+            raise ValueError(
+                f"run {run_id!r} (conversation {conversation_id!r}) is queued; "
+                f"it becomes running when the registry starts it, not {new_status.value!r}"
+            )
+        return new_status
+
 
 _TERMINAL = frozenset({ChatRunStatus.COMPLETED, ChatRunStatus.FAILED, ChatRunStatus.CANCELLED})
 

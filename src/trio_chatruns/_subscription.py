@@ -3,7 +3,7 @@ own memory channel, as one async iterator of events."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NoReturn, Protocol, final
+from typing import TYPE_CHECKING, NoReturn, Protocol, TypeVar, final
 
 import trio
 
@@ -14,7 +14,7 @@ from ._util import NoPublicConstructor
 if TYPE_CHECKING:
     from ._fanout import Fanout, Subscriber
 
-__all__ = ["SCHEDULE_EVERY", "ChatRunSubscription"]
+__all__ = ["SCHEDULE_EVERY", "ChatRunSubscription", "SubscriptionBase"]
 
 
 class SubscribedRun(Protocol):
@@ -38,8 +38,94 @@ SCHEDULE_EVERY = 64
 """``__anext__`` yields to the scheduler at least once every this many items."""
 
 
+T = TypeVar("T", bound="SubscriptionBase")
+
+
+class SubscriptionBase:
+    """What every subscription keeps and does, whatever feeds it: the cursor
+    (``after``, ``last_seq``), the live channel and its fan-out slot, the end
+    (``SubscriberLagged`` for a dropped subscriber) and leaving. The base of
+    :class:`ChatRunSubscription` and of the Redis backend's
+    ``RedisSubscription``; each has its own ``__anext__``.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_receive",
+        "_subscriber",
+        "_unscheduled",
+        "after",
+        "conversation_id",
+        "last_seq",
+        "run_id",
+    )
+
+    def __init__(
+        self,
+        conversation_id: str,
+        run_id: str,
+        after: int,
+        subscriber: Subscriber | None,
+        receive: trio.MemoryReceiveChannel[ChatRunEvent] | None,
+    ) -> None:
+        self.conversation_id = conversation_id
+        self.run_id = run_id
+        self.after = after
+        self.last_seq = after
+        # None when the run was already terminal: replay only.
+        self._subscriber = subscriber
+        self._receive = receive
+        self._closed = False
+        # Items returned since this task last went through the scheduler.
+        self._unscheduled = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} run={self.run_id} conversation={self.conversation_id!r} "
+            f"last_seq={self.last_seq}>"
+        )
+
+    def __aiter__(self: T) -> T:
+        return self
+
+    async def _closed_error(self) -> NoReturn:
+        # A cancel point like every other call (Trio's rules).
+        await trio.lowlevel.checkpoint_if_cancelled()
+        raise trio.ClosedResourceError("this subscription was closed")
+
+    async def _end(self) -> NoReturn:
+        # The end is a checkpoint, so that even a loop that keeps
+        # resubscribing to a finished run yields to other tasks.
+        await trio.lowlevel.checkpoint()
+        subscriber = self._subscriber
+        if subscriber is not None and subscriber.lagged:
+            raise SubscriberLagged(self.conversation_id, self.run_id, self.last_seq)
+        self._check_ended()
+        raise StopAsyncIteration
+
+    def _check_ended(self) -> None:
+        """Raise instead of ending quietly when the run's end was not seen
+        (the Redis backend's run lost from Redis); nothing here."""
+
+    def close(self) -> None:
+        """Leave the run: only this subscriber is removed. Synchronous, idempotent.
+
+        Called when the ``async with`` block is left.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._leave()
+        if self._receive is not None:
+            self._receive.close()
+
+    def _leave(self) -> None:
+        """Drop the replay and this subscriber's slot in its run's fan-out."""
+        raise NotImplementedError
+
+
 @final
-class ChatRunSubscription(metaclass=NoPublicConstructor):
+class ChatRunSubscription(SubscriptionBase, metaclass=NoPublicConstructor):
     """One subscriber's view of a run: an async iterator of :class:`ChatRunEvent`.
 
     Created by ``async with registry.subscribe(...) as subscription``. It yields
@@ -73,19 +159,7 @@ class ChatRunSubscription(metaclass=NoPublicConstructor):
             the cursor to resume from after a disconnect.
     """
 
-    __slots__ = (
-        "_closed",
-        "_receive",
-        "_replay",
-        "_replay_pos",
-        "_state",
-        "_subscriber",
-        "_unscheduled",
-        "after",
-        "conversation_id",
-        "last_seq",
-        "run_id",
-    )
+    __slots__ = ("_replay", "_replay_pos", "_state")
 
     def __init__(
         self,
@@ -95,33 +169,15 @@ class ChatRunSubscription(metaclass=NoPublicConstructor):
         subscriber: Subscriber | None,
         receive: trio.MemoryReceiveChannel[ChatRunEvent] | None,
     ) -> None:
+        super().__init__(state.conversation_id, state.run_id, after, subscriber, receive)
         self._state = state
-        self.conversation_id = state.conversation_id
-        self.run_id = state.run_id
-        self.after = after
-        self.last_seq = after
         self._replay = replay
         self._replay_pos = 0
-        # None when the run was already terminal: replay only.
-        self._subscriber = subscriber
-        self._receive = receive
-        self._closed = False
-        # Items returned since this task last went through the scheduler.
-        self._unscheduled = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"<ChatRunSubscription run={self.run_id} conversation={self.conversation_id!r} "
-            f"last_seq={self.last_seq}>"
-        )
 
     @property
     def record(self) -> ChatRunRecord:
         """A snapshot of the followed run now, even if it was since evicted."""
         return self._state.snapshot()
-
-    def __aiter__(self) -> ChatRunSubscription:
-        return self
 
     async def __anext__(self) -> ChatRunEvent:
         """The next event; see the class docstring for where this checkpoints.
@@ -132,8 +188,7 @@ class ChatRunSubscription(metaclass=NoPublicConstructor):
             trio.ClosedResourceError: the ``async with`` block was already left.
         """
         if self._closed:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            raise trio.ClosedResourceError("this subscription was closed")
+            await self._closed_error()
         replay = self._replay
         receive = self._receive
         if replay or (receive is not None and self.last_seq < self._state.latest_seq):
@@ -176,25 +231,7 @@ class ChatRunSubscription(metaclass=NoPublicConstructor):
         self.last_seq = event.seq
         return event
 
-    async def _end(self) -> NoReturn:
-        # The end is a checkpoint, so that even a loop that keeps
-        # resubscribing to a finished run yields to other tasks.
-        await trio.lowlevel.checkpoint()
-        subscriber = self._subscriber
-        if subscriber is not None and subscriber.lagged:
-            raise SubscriberLagged(self.conversation_id, self.run_id, self.last_seq)
-        raise StopAsyncIteration
-
-    def close(self) -> None:
-        """Leave the run: only this subscriber is removed. Synchronous, idempotent.
-
-        Called when the ``async with`` block is left.
-        """
-        if self._closed:
-            return
-        self._closed = True
+    def _leave(self) -> None:
         self._replay = []
         if self._subscriber is not None:
             self._state.fanout.discard(self._subscriber)
-        if self._receive is not None:
-            self._receive.close()

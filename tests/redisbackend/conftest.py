@@ -5,15 +5,21 @@ tests never see each other's runs."""
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
 from redis_server import REDIS_SERVER, RedisServer
 
 coredis = pytest.importorskip("coredis")
+
+from trio_chatruns import RegistryConfig, open_chat_run_registry  # noqa: E402
+from trio_chatruns.redis import open_redis_chat_runs  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +86,50 @@ def collect_coredis_leftovers() -> Iterator[None]:
             category=ResourceWarning,
         )
         gc.collect()
+
+
+class Backend:
+    """Awaitable calls over either backend (``await b.get(...)`` for both)."""
+
+    def __init__(self, impl: Any, kind: str) -> None:
+        self.impl = impl
+        self.kind = kind
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.impl, name)
+        if name in ("subscribe", "push_frame", "update"):
+            return method
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        return call
+
+
+@pytest.fixture(params=["memory", "redis"])
+def open_backend(request, key_prefix):
+    """``open_backend(config, on_run_end=None)``: an async context manager
+    yielding a :class:`Backend` (the in-memory registry, or the Redis backend
+    on the session's redis-server); ``backend.kind`` says which."""
+
+    @asynccontextmanager
+    async def opener(
+        config: RegistryConfig | None = None, on_run_end: Any = None
+    ) -> AsyncIterator[Backend]:
+        if request.param == "memory":
+            async with open_chat_run_registry(config, on_run_end=on_run_end) as registry:
+                yield Backend(registry, "memory")
+        else:
+            server = request.getfixturevalue("redis_server")
+            async with (
+                coredis.Redis.from_url(server.url) as client,
+                open_redis_chat_runs(
+                    client, config, key_prefix=key_prefix, on_run_end=on_run_end
+                ) as runs,
+            ):
+                yield Backend(runs, "redis")
+
+    return opener

@@ -5,9 +5,6 @@ so one test body states the rule for both."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -21,51 +18,7 @@ from trio_chatruns import (
     RunNotFound,
     RunTerminated,
     SubscriberLagged,
-    open_chat_run_registry,
 )
-from trio_chatruns.redis import open_redis_chat_runs
-
-
-class Backend:
-    """Awaitable calls over either backend (``await b.get(...)`` for both)."""
-
-    def __init__(self, impl: Any) -> None:
-        self.impl = impl
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.impl, name)
-        if name in ("subscribe", "push_frame", "update"):
-            return method
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            result = method(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-
-        return call
-
-
-@pytest.fixture(params=["memory", "redis"])
-def open_backend(request, key_prefix):
-    """``open_backend(config)``: an async context manager yielding a :class:`Backend`."""
-
-    @asynccontextmanager
-    async def opener(config: RegistryConfig | None = None) -> AsyncIterator[Backend]:
-        if request.param == "memory":
-            async with open_chat_run_registry(config) as registry:
-                yield Backend(registry)
-        else:
-            import coredis
-
-            server = request.getfixturevalue("redis_server")
-            async with (
-                coredis.Redis.from_url(server.url) as client,
-                open_redis_chat_runs(client, config, key_prefix=key_prefix) as runs,
-            ):
-                yield Backend(runs)
-
-    return opener
 
 
 async def park(run) -> None:
@@ -80,7 +33,7 @@ def pusher(count: int, status: str | None = None):
     return producer
 
 
-async def ended(backend: Backend, run) -> Any:
+async def ended(backend: Any, run) -> Any:
     await run.wait()
     # The Redis owner's wait() returns once the end is written: any reader sees it.
     return await backend.get(run.conversation_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
 from trio_chatruns import RegistryConfig
@@ -44,6 +45,7 @@ def reply_text(messages):
     )
 
 
+@pytest.mark.backends
 async def test_drop_and_resume_with_last_event_id(server, client, sse):
     response = await client.post("/v1/chat/runs/c-sse", json={"prompt": PROMPT})
     assert response.status_code == 202
@@ -86,6 +88,7 @@ async def test_drop_and_resume_with_last_event_id(server, client, sse):
     assert stats.open_streams == 0
 
 
+@pytest.mark.backends
 async def test_query_cursor_for_clients_without_headers(server, client, sse):
     run_id = (await client.post("/v1/chat/runs/c-q", json={"prompt": "q"})).json()["run_id"]
     first, _ = await collect(client, sse, "c-q", params={"run_id": run_id}, stop_after_tokens=5)
@@ -103,6 +106,7 @@ async def test_query_cursor_for_clients_without_headers(server, client, sse):
     assert response.status_code == 204
 
 
+@pytest.mark.backends
 async def test_a_finished_run_replays_from_the_start(server, client, sse):
     run_id = (await client.post("/v1/chat/runs/c-done", json={"prompt": "x"})).json()["run_id"]
     messages, _ = await collect(client, sse, "c-done")  # live to the end
@@ -115,12 +119,13 @@ async def test_a_finished_run_replays_from_the_start(server, client, sse):
     assert response.status_code == 204
 
 
+@pytest.mark.backends
 async def test_trimmed_cursor_gets_a_gap_event(start_server, sse):
     running = await start_server(registry_config=RegistryConfig(max_events_per_run=10))
     async with httpx.AsyncClient(base_url=running.url) as client:
         run_id = (await client.post("/v1/chat/runs/c-gap", json={"prompt": "g"})).json()["run_id"]
         await collect(client, sse, "c-gap")  # wait for the end
-        record = running.server.registry.get("c-gap")
+        record = await running.server.backend.get("c-gap")
         latest = record.latest_seq
         assert latest > 20
         messages, _ = await collect(client, sse, "c-gap", headers={"Last-Event-ID": f"{run_id}:3"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 import trio
 from trio_websocket import ConnectionClosed, wrap_client_stream
 
@@ -74,6 +75,7 @@ def text_of(messages):
     )
 
 
+@pytest.mark.backends
 async def test_drop_and_resume_over_websocket(server, client):
     run_id = (await client.post("/v1/chat/runs/c-ws", json={"prompt": PROMPT})).json()["run_id"]
     seen, code = await read_ws(ws_url(server, "c-ws"), stop_after_tokens=7)
@@ -144,6 +146,7 @@ async def test_a_lagging_websocket_closes_with_resume_code(start_server):
     assert [m["seq"] for m in seen if m["type"] == "event"] == list(range(1, 91))
 
 
+@pytest.mark.backends
 async def test_server_dropped_websocket_says_resume(server, client):
     (await client.post("/v1/chat/runs/wdrop", json={"prompt": PROMPT})).raise_for_status()
     host, port, resource = _split(ws_url(server, "wdrop"))

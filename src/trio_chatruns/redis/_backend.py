@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, final
@@ -25,13 +26,20 @@ import trio
 
 from .._config import RegistryConfig
 from .._counters import Counters
-from .._exceptions import ReplayGap, RunAlreadyActive, RunNotFound
+from .._exceptions import ReplayGap, RunAlreadyActive, RunNotFound, RunQueueFull
 from .._producer import Producer
 from .._records import ChatRunEvent, ChatRunRecord, RegistryStats
-from .._registry import _check_cursor, _is_async_callable
-from .._run_end import RunEndHooks
 from .._status import ChatRunStatus, StartPolicy
-from .._util import UNSET, NoPublicConstructor, Unset, check_conversation_id
+from .._util import (
+    UNSET,
+    NoPublicConstructor,
+    Unset,
+    check_active_only,
+    check_conversation_id,
+    check_cursor,
+    check_run_id,
+    check_start_arguments,
+)
 from ._codec import decode_entries, decode_record, entry_seq
 from ._errors import (
     TRANSIENT_ERRORS,
@@ -40,9 +48,10 @@ from ._errors import (
     unavailable_on_connection_errors,
 )
 from ._follower import Follower, RedisSubscription
+from ._hook_order import OrderedRunEndHooks
 from ._owned import OwnedRun, RedisChatRun
 from ._producer import run_owned_producer
-from ._store import RedisStore
+from ._store import RedisStore, ended_runs, flat_field, lost_reason
 from ._writer import write_run
 
 __all__ = ["RedisChatRuns"]
@@ -84,7 +93,7 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         write_timeout: float,
         runs_nursery: trio.Nursery,
         services: trio.Nursery,
-        hooks: RunEndHooks | None,
+        hooks: OrderedRunEndHooks | None,
         counters: Counters,
     ) -> None:
         self._store = store
@@ -95,7 +104,11 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         self._runs_nursery = runs_nursery
         self._services = services
         self._hooks = hooks
+        # Every run owned here that has not finished its end's duties, by
+        # run id (current and queued ones); and, by conversation, the one
+        # owned here that started last (what the keyed methods act on).
         self._owned: dict[str, OwnedRun] = {}
+        self._current: dict[str, OwnedRun] = {}
         self._followers: dict[str, Follower] = {}
         self._counters = counters
         self._closed = False
@@ -131,58 +144,72 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         *args: Any,
         if_active: StartPolicy | str = StartPolicy.REJECT,
     ) -> RedisChatRun:
-        """Start a run owned by this worker: ``producer(run, *args)`` runs here.
+        """Start a run owned by this worker: ``producer(run, *args)`` runs here,
+        now or, if the conversation is busy (on any worker), as ``if_active``
+        says; the rules of :meth:`trio_chatruns.ChatRunRegistry.try_start`.
 
         Atomic across every worker (the ``START`` script): a conversation has
-        at most one active run in the cluster. An active run whose owner's
-        lease lapsed is ended ``failed`` first, so a dead worker never blocks
-        its conversations. A terminal run of the conversation is replaced.
+        at most one running run in the cluster, and two starts on one
+        conversation, from any workers, each get exactly one outcome. A run
+        whose owner's lease lapsed (active or queued) is ended ``failed``
+        first, so a dead worker never blocks its conversations. A terminal
+        run of the conversation is replaced.
+
+        A queued run belongs to this worker too: its producer runs here when
+        Redis starts it (in the script that ends the run before it, on
+        whichever worker), told over pub/sub (or, if that message is lost, at
+        the next lease renewal). While it waits this worker renews its lease;
+        if this worker dies, the run ends ``failed`` ("... stopped renewing
+        its lease ... while its run was queued") at the latest when the run
+        before it ends.
 
         Args:
-            if_active (StartPolicy | str): only ``"reject"`` (the default) so
-                far; the ``interrupt`` and ``enqueue`` policies of the
-                in-memory registry are not implemented by this backend yet.
+            if_active (StartPolicy | str): ``"reject"`` (the default),
+                ``"interrupt"`` (cancel the queued runs, interrupt the active
+                run wherever it runs, start after it) or ``"enqueue"`` (FIFO,
+                at most ``max_queued_per_conversation`` waiting).
 
         Returns:
-            RedisChatRun: the handle the producer also gets; status ``running``.
+            RedisChatRun: the handle the producer also gets; status
+            ``running`` or ``queued``.
 
         Raises:
             TypeError / ValueError: a bad ``conversation_id`` or ``if_active``;
                 ``TypeError`` if ``producer`` is not an async function.
-            NotImplementedError: ``if_active`` is ``interrupt`` or ``enqueue``.
-            RunAlreadyActive: the conversation has an active run (on any worker).
+            RunAlreadyActive: the conversation has an active run (``reject``).
+            RunQueueFull: the conversation's queue is full (``enqueue``).
             RuntimeError: this backend is closed.
             RedisUnavailable: Redis cannot be reached; nothing changed.
         """
-        check_conversation_id(conversation_id)
-        if not _is_async_callable(producer):
-            raise TypeError(f"producer must be an async function, not {producer!r}")
+        check_start_arguments(conversation_id, producer)
         policy = StartPolicy.coerce(if_active)
-        if policy is not StartPolicy.REJECT:
-            raise NotImplementedError(
-                f"start policy {policy.value!r} is not implemented by the Redis backend yet; "
-                "only 'reject'"
-            )
         if self._closed:
             raise RuntimeError(f"backend is closed; cannot start a run for {conversation_id!r}")
         run_id = os.urandom(16).hex()
-        with unavailable_on_connection_errors("try_start"):
-            while True:
-                (outcome, other_id, started_ms), replaced = await self._store.start(
-                    conversation_id, run_id, self._worker_id
-                )
-                if outcome != "reaped":
-                    break
-                # The active run's owner had lapsed; START ended it. Do the
-                # end's duties before the retry replaces it.
-                await self._on_reaped(conversation_id, other_id, None)
-        if outcome == "active":
-            raise RunAlreadyActive(conversation_id, other_id)
-        if replaced:
-            self._services.start_soon(self._unindex, conversation_id, replaced)
-        state = OwnedRun(conversation_id, run_id, started_ms / 1000.0, _no_change)
+        # Known here before the script runs: its "started" message may come
+        # before the script's answer.
+        state = OwnedRun(
+            conversation_id, run_id, time.time(), _no_change, self._config, ChatRunStatus.QUEUED
+        )
         run = RedisChatRun._create(state)
-        self._owned[conversation_id] = state
+        state.pending_start = (run, producer, args)
+        self._owned[run_id] = state
+        limit = self._config.max_queued_per_conversation
+        try:
+            with unavailable_on_connection_errors("try_start"):
+                reply = await self._store.start(
+                    conversation_id, run_id, self._worker_id, policy.value, limit
+                )
+        except BaseException:
+            self._owned.pop(run_id, None)
+            raise
+        self._end_duties(conversation_id, reply.ended)
+        if reply.outcome in ("active", "full"):
+            self._owned.pop(run_id, None)
+            if reply.outcome == "active":
+                raise RunAlreadyActive(conversation_id, reply.other_run_id)
+            raise RunQueueFull(conversation_id, limit)
+        state.started_at = state.updated_at = reply.started_ms / 1000.0
         self._runs_nursery.start_soon(
             write_run,
             state,
@@ -193,18 +220,88 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
             self._on_written_end,
             name=f"trio_chatruns.redis writer {conversation_id!r}",
         )
+        if reply.outcome == "started":
+            if reply.other_run_id:
+                self._services.start_soon(self._unindex, conversation_id, reply.other_run_id)
+            self._start_owned(state)
+        elif policy is StartPolicy.INTERRUPT and reply.other_owner:
+            await self._interrupt_owned_by(reply.other_owner, conversation_id, reply.other_run_id)
         if self._closed:  # closed while the script ran: never start the producer
             state.interrupt()
-        else:
-            self._runs_nursery.start_soon(
-                run_owned_producer,
-                run,
-                state,
-                producer,
-                args,
-                name=f"trio_chatruns.redis producer {conversation_id!r}",
-            )
         return run
+
+    def _start_owned(self, state: OwnedRun) -> None:
+        """Start the producer of a run Redis made current (once)."""
+        pending = state.pending_start
+        if pending is None or state.terminated_at is not None:
+            return
+        state.pending_start = None
+        state.start()
+        self._current[state.conversation_id] = state
+        if self._closed:
+            state.interrupt()  # never runs its producer
+            return
+        run, producer, args = pending
+        self._runs_nursery.start_soon(
+            run_owned_producer,
+            run,
+            state,
+            producer,
+            args,
+            name=f"trio_chatruns.redis producer {state.conversation_id!r}",
+        )
+
+    async def _interrupt_owned_by(self, owner: str, conversation_id: str, run_id: str) -> None:
+        """Reach the producer of a run flagged interrupted in Redis: here, or
+        over pub/sub (if that fails, its owner finds the flag at renewal)."""
+        if owner == self._worker_id:
+            state = self._owned.get(run_id)
+            if state is not None:
+                state.interrupt()
+            return
+        try:
+            await self._store.notify_interrupt(owner, conversation_id, run_id)
+        except TRANSIENT_ERRORS as exc:
+            logger.warning(
+                "could not tell worker %s to interrupt run %s (%s); it sees the flag "
+                "at its next lease renewal",
+                owner,
+                run_id,
+                describe(exc),
+            )
+
+    def _on_message(self, kind: str, conversation_id: str, run_id: str) -> None:
+        """A message from another worker about a run owned here."""
+        state = self._owned.get(run_id)
+        if state is None or state.conversation_id != conversation_id:
+            return
+        if kind == "i":
+            state.interrupt()
+        elif kind == "s":
+            self._start_owned(state)
+        elif kind == "c":
+            state.end_elsewhere(ChatRunStatus.CANCELLED)
+        elif kind == "f":
+            state.end_elsewhere(ChatRunStatus.FAILED)
+
+    def _on_renewed(self, state: OwnedRun, lost: str | None, interrupted: bool, where: str) -> None:
+        """What a lease renewal said about a run owned here."""
+        if lost is not None:
+            if lost in _TERMINAL_VALUES:
+                # Ended by another worker (reaped, or cancelled while queued).
+                status = ChatRunStatus(lost)
+                why = lost_reason(lost) if status is ChatRunStatus.FAILED else UNSET
+                state.end_elsewhere(status, why)
+            else:
+                state.pending.clear()
+                state.mark_terminal(
+                    ChatRunStatus.FAILED, error=lost_reason(lost), stop_producer=True
+                )
+            return
+        if where == "current" and state.status is ChatRunStatus.QUEUED:
+            self._start_owned(state)  # its "started" message was lost
+        if interrupted:
+            state.interrupt()
 
     async def _unindex(self, conversation_id: str, run_id: str) -> None:
         try:
@@ -215,40 +312,36 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
             )
 
     async def _on_written_end(self, state: OwnedRun, written: bool) -> None:
-        """The end's duties on the owner: index the run, call the hook.
+        """The end's duties on the owner: call the hook, index the run.
 
         Whoever writes a run's end in Redis does them: the owner here, or
-        the worker that reaped a lapsed run (:meth:`_on_reaped`). A run Redis
+        the worker whose script ended it (:meth:`_end_duties`: a lapsed
+        lease, a queued run cancelled by an ``interrupt`` start). A run Redis
         lost (``state.gone``) has no end there; its owner calls the hook.
         """
-        if self._owned.get(state.conversation_id) is state:
-            del self._owned[state.conversation_id]
+        if self._owned.get(state.run_id) is state:
+            del self._owned[state.run_id]
+        if self._current.get(state.conversation_id) is state:
+            del self._current[state.conversation_id]
+        info = self._store.take_end(state.run_id)
+        if state.ended_elsewhere:
+            return
         if written:
             if self._hooks is not None:
-                # The hook is called exactly once for every run that ends
-                # (API.md): scheduled in ``finally`` with what could be read,
-                # the read bounded to leave time within the writer's bound.
+                # Called exactly once for every run that ends (API.md), with
+                # the frames the WRITE of the end answered with: no read that
+                # could fail, or find the stream already replaced.
                 events: builtins.list[ChatRunEvent] = []
-                try:
-                    with trio.move_on_after(_HOOK_READ_BOUND) as read_scope:
-                        events = await self._stored_events(state.conversation_id, state.run_id)
-                    if read_scope.cancelled_caught:
-                        logger.warning(
-                            "could not read the frames of ended run %s for on_run_end "
-                            "within %.1f s; the hook gets no events",
-                            state.run_id,
-                            _HOOK_READ_BOUND,
-                        )
-                except TRANSIENT_ERRORS as exc:
-                    logger.warning(
-                        "could not read the frames of ended run %s for on_run_end: %s; "
-                        "the hook gets no events",
-                        state.run_id,
-                        describe(exc),
-                    )
-                finally:
-                    self._hooks.schedule(state.snapshot(), events)
-            await self._index_end(state.conversation_id, state.run_id)
+                if info is not None and info.entries is not None:
+                    events, _ = decode_entries(state.conversation_id, state.run_id, info.entries)
+                self._hooks.schedule(state.snapshot(), events, 0 if info is None else info.end_no)
+            if info is not None:
+                # Runs the end's promotion ended (a queued run whose owner died).
+                self._end_duties(state.conversation_id, info.ended)
+            if info is None or not info.replaced:
+                await self._index_end(
+                    state.conversation_id, state.run_id, 0 if info is None else info.bytes
+                )
         elif state.gone and self._hooks is not None:
             self._hooks.schedule(state.snapshot(), [])
 
@@ -261,35 +354,53 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         events, _ = decode_entries(conversation_id, run_id, entries)
         return events
 
-    async def _index_end(self, conversation_id: str, run_id: str) -> None:
+    async def _index_end(self, conversation_id: str, run_id: str, size: int = 0) -> None:
         try:
-            expired, evicted = await self._store.index(conversation_id, run_id)
+            expired, evicted, by_bytes = await self._store.index(conversation_id, run_id, size)
         except TRANSIENT_ERRORS as exc:  # it still expires by its TTL
             logger.warning("could not index ended run %s: %s", run_id, describe(exc))
             return
+        self._count_evictions(expired, evicted, by_bytes)
+
+    def _count_evictions(self, expired: int, evicted: int, by_bytes: int) -> None:
         self._counters.evicted_ttl += expired
         self._counters.evicted_lru += evicted
+        self._counters.evicted_bytes += by_bytes
 
-    async def _on_reaped(self, conversation_id: str, run_id: str, flat: Any) -> None:
-        """The end's duties for a lapsed run a script of ours just ended:
-        call the hook with its final record and frames, index it."""
-        logger.warning(
-            "run %s (conversation %r) ended failed: its owner's lease lapsed",
-            run_id,
-            conversation_id,
-        )
-        if self._hooks is not None:
-            if flat is None:
-                flat, _, _ = await self._store.read(conversation_id)
-            if flat:
-                record = decode_record(conversation_id, flat)
-                if record.run_id == run_id:
-                    events = await self._stored_events(conversation_id, run_id)
-                    self._hooks.schedule(record, events)
-        self._services.start_soon(self._index_end, conversation_id, run_id)
+    def _end_duties(self, conversation_id: str, ended: str) -> None:
+        """The end's duties for the runs a script of ours ended for others
+        (``ended``, its JSON, with each run's record and frames): end them
+        here if owned here, schedule the hook (bounded by ``run_end_timeout``
+        and counted in ``run_end_failures`` like every hook call), index the
+        ones that stay current. Synchronous and needing no read: hooks are
+        scheduled in end order, exactly once."""
+        for flat, index, entries in ended_runs(ended):
+            record = decode_record(conversation_id, flat)
+            logger.log(
+                logging.WARNING if record.status is ChatRunStatus.FAILED else logging.INFO,
+                "run %s (conversation %r) ended %s by this worker: %s",
+                record.run_id,
+                conversation_id,
+                record.status.value,
+                record.last_error or "interrupted by a start",
+            )
+            state = self._owned.get(record.run_id)
+            if state is not None:
+                state.latest_seq = max(state.latest_seq, record.latest_seq)
+                state.end_elsewhere(record.status, record.last_error)
+            if self._hooks is not None:
+                events, _ = decode_entries(conversation_id, record.run_id, entries)
+                self._hooks.schedule(record, events, int(flat_field(flat, "end_no") or 0))
+            if index:
+                size = int(flat_field(flat, "bytes") or 0)
+                self._services.start_soon(self._index_end, conversation_id, record.run_id, size)
+
+    async def _on_reaped(self, conversation_id: str, ended: str, flat: Any) -> None:
+        """A follower's ``READ`` ended runs (see :meth:`_end_duties`)."""
+        self._end_duties(conversation_id, ended)
 
     def _owned_run(self, conversation_id: str) -> OwnedRun:
-        state = self._owned.get(check_conversation_id(conversation_id))
+        state = self._current.get(check_conversation_id(conversation_id))
         if state is None:
             raise RunNotFound(conversation_id)
         return state
@@ -343,7 +454,7 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
                 here, which needs no round trip).
         """
         check_conversation_id(conversation_id)
-        state = self._owned.get(conversation_id)
+        state = self._current.get(conversation_id)
         if state is not None and state.terminated_at is None:
             return state.interrupt()
         with unavailable_on_connection_errors("interrupt"):
@@ -352,31 +463,32 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
                 return False
             run_id, owner = found
             if owner == self._worker_id:
-                state = self._owned.get(conversation_id)
-                return state is not None and state.run_id == run_id and state.interrupt()
+                state = self._owned.get(run_id)
+                return state is not None and state.interrupt()
             await self._store.notify_interrupt(owner, conversation_id, run_id)
         return True
 
     async def prune(self) -> int:
         """Drop expired entries from the retention index and evict the ended
-        runs over ``max_retained_terminal``; return how many (count).
+        runs over ``max_retained_terminal`` (then over ``max_retained_bytes``);
+        return how many (count).
 
         Redis expires ended runs by itself; this only keeps the cap exact
         when no run has ended for a while.
         """
         with unavailable_on_connection_errors("prune"):
-            expired, evicted = await self._store.index(None, None)
-        self._counters.evicted_ttl += expired
-        self._counters.evicted_lru += evicted
-        return expired + evicted
+            expired, evicted, by_bytes = await self._store.index(None, None)
+        self._count_evictions(expired, evicted, by_bytes)
+        return expired + evicted + by_bytes
 
     # -- reads ---------------------------------------------------------------------
 
-    async def _read(self, conversation_id: str, operation: str) -> tuple[ChatRunRecord | None, str]:
+    async def _read(
+        self, conversation_id: str, operation: str, run_id: str | None = None
+    ) -> tuple[ChatRunRecord | None, str]:
         with unavailable_on_connection_errors(operation):
-            flat, first_id, reaped = await self._store.read(conversation_id)
-            if reaped:
-                await self._on_reaped(conversation_id, reaped, flat)
+            flat, first_id, ended = await self._store.read(conversation_id, run_id)
+        self._end_duties(conversation_id, ended)
         if not flat:
             return None, ""
         return decode_record(conversation_id, flat), first_id
@@ -390,10 +502,10 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
 
     async def list(self, *, active_only: bool = False) -> builtins.list[ChatRunRecord]:
         """Every run held in Redis under this prefix (only active ones if
-        ``active_only``), newest ``updated_at`` first. Uses ``SCAN``: O(keys
-        in the database); meant for admin pages, not for every request."""
-        if not isinstance(active_only, bool):
-            raise TypeError(f"active_only must be a bool, not {active_only!r}")
+        ``active_only``), queued runs included, newest ``updated_at`` first.
+        Uses ``SCAN``: O(keys in the database); meant for admin pages, not
+        for every request."""
+        check_active_only(active_only)
         prefix = self._store.keys.prefix + ":{"
         records: builtins.list[ChatRunRecord] = []
         with unavailable_on_connection_errors("list"):
@@ -401,10 +513,9 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
                 if not (key.startswith(prefix) and key.endswith("}:run")):
                     continue
                 conversation_id = key[len(prefix) : -len("}:run")]
-                flat, _, reaped = await self._store.read(conversation_id)
-                if reaped:
-                    await self._on_reaped(conversation_id, reaped, flat)
-                if flat:
+                current, queued, ended = await self._store.queued(conversation_id)
+                self._end_duties(conversation_id, ended)
+                for flat in [current, *queued] if current else queued:
                     record = decode_record(conversation_id, flat)
                     if not active_only or record.status.is_active:
                         records.append(record)
@@ -414,7 +525,7 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
     async def events(self, conversation_id: str, *, after: int = 0) -> builtins.list[ChatRunEvent]:
         """The events of the conversation's current run with ``seq > after``
         still in its stream, oldest first; ``[]`` for an unknown conversation."""
-        _check_cursor(after)
+        check_cursor(after)
         check_conversation_id(conversation_id)
         record, _ = await self._read(conversation_id, "events")
         if record is None or after >= record.latest_seq:
@@ -431,50 +542,68 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         return events
 
     async def stats(self) -> RegistryStats:
-        """Counters of this worker, and ``retained_terminal`` of the cluster.
+        """Counters of this worker, and the cluster's retained runs.
 
-        ``active``: runs owned here and not ended; ``subscribers``,
+        ``active``: runs owned here that started and did not end; ``queued``:
+        runs owned here still waiting; ``subscribers``,
         ``lagged_subscribers``: this worker's; ``frames_pushed``: frames this
-        worker wrote to Redis; ``evicted_ttl``/``evicted_lru``: index entries
-        this worker found expired / evicted over the cap;
-        ``run_end_failures``: hook calls on this worker that raised or timed
-        out. ``queued`` and ``evicted_bytes`` are 0 and ``buffered_bytes`` is
-        ``None`` (no queues, no byte budgets in this backend yet).
+        worker wrote to Redis; ``evicted_ttl``/``evicted_lru``/
+        ``evicted_bytes``: index entries this worker found expired / evicted
+        over the cap / over ``max_retained_bytes``; ``run_end_failures``: hook
+        calls on this worker that raised or timed out. ``retained_terminal``
+        is the cluster's; ``buffered_bytes`` (``None`` without a byte budget)
+        is the bytes of the cluster's retained terminal runs plus those of the
+        runs owned here.
         """
         with unavailable_on_connection_errors("stats"):
-            retained = await self._store.retained()
+            retained, retained_bytes = await self._store.retained()
         counters = self._counters
+        live = [state for state in self._owned.values() if state.terminated_at is None]
+        queued = sum(1 for state in live if state.status is ChatRunStatus.QUEUED)
+        buffered = None
+        if self._config.measures_bytes:
+            buffered = retained_bytes + sum(state.bytes for state in live)
         return RegistryStats(
-            active=sum(1 for state in self._owned.values() if state.terminated_at is None),
+            active=len(live) - queued,
             retained_terminal=retained,
             subscribers=counters.subscribers,
             evicted_ttl=counters.evicted_ttl,
             evicted_lru=counters.evicted_lru,
             lagged_subscribers=counters.lagged_subscribers,
             frames_pushed=counters.frames_pushed,
-            queued=0,
-            evicted_bytes=0,
+            queued=queued,
+            evicted_bytes=counters.evicted_bytes,
             run_end_failures=counters.run_end_failures,
-            buffered_bytes=None,
+            buffered_bytes=buffered,
         )
 
     async def queued(self, conversation_id: str) -> builtins.list[ChatRunRecord]:
-        """The runs waiting behind the conversation's active run: always ``[]``
-        here, since this backend only has the ``reject`` policy so far."""
+        """Records of the conversation's ``queued`` runs (on every worker), in
+        the order they will start; ``[]`` if none. Reaps runs whose owner's
+        lease lapsed first.
+
+        Raises:
+            TypeError / ValueError: a bad ``conversation_id``.
+            RedisUnavailable: Redis cannot be reached.
+        """
         check_conversation_id(conversation_id)
-        await trio.lowlevel.checkpoint()
-        return []
+        with unavailable_on_connection_errors("queued"):
+            _, queued, ended = await self._store.queued(conversation_id)
+        self._end_duties(conversation_id, ended)
+        return [decode_record(conversation_id, flat) for flat in queued]
 
     # -- following -----------------------------------------------------------------
 
     def subscribe(
         self, conversation_id: str, *, after: int = 0, run_id: str | None = None
     ) -> AbstractAsyncContextManager[RedisSubscription]:
-        """Follow the conversation's current run from cursor ``after``, from
-        any worker: the rules of :meth:`trio_chatruns.ChatRunRegistry.subscribe`.
+        """Follow the conversation's current run (or, with ``run_id``, one of
+        its queued runs) from cursor ``after``, from any worker: the rules of
+        :meth:`trio_chatruns.ChatRunRegistry.subscribe`.
 
         Raises (on entering):
-            RunNotFound: no run, or ``run_id`` is not the current run.
+            RunNotFound: no run, or ``run_id`` is neither the current run nor
+                a queued one.
             ReplayGap: frames after ``after`` were already trimmed.
             ValueError: ``after`` is past the run's ``latest_seq`` (as written
                 to Redis), or negative.
@@ -487,15 +616,14 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
     async def _subscription(
         self, conversation_id: str, after: int, run_id: str | None
     ) -> AsyncIterator[RedisSubscription]:
-        _check_cursor(after)
+        check_cursor(after)
         check_conversation_id(conversation_id)
-        if run_id is not None and not isinstance(run_id, str):
-            raise TypeError(f"run_id must be a str or None, not {run_id!r}")
-        record, first_id = await self._read(conversation_id, "subscribe")
+        check_run_id(run_id)
+        record, first_id = await self._read(conversation_id, "subscribe", run_id)
         if record is None:
+            if run_id is not None:
+                raise RunNotFound(conversation_id, run_id)
             raise RunNotFound(conversation_id)
-        if run_id is not None and run_id != record.run_id:
-            raise RunNotFound(conversation_id, run_id)
         if after > record.latest_seq:
             raise ValueError(
                 f"after={after} is past latest_seq={record.latest_seq} of run "
@@ -621,7 +749,12 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         """Refuse new runs, interrupt the runs owned here, end the followers;
         the writers get a bounded time to write the ends."""
         self._closed = True
-        for state in builtins.list(self._owned.values()):
+        states = builtins.list(self._owned.values())
+        # Queued runs first, so that none starts when the run before it ends.
+        for state in states:
+            if state.status is ChatRunStatus.QUEUED:
+                state.interrupt()
+        for state in states:
             state.interrupt()
         for follower in builtins.list(self._followers.values()):
             follower.cancel_scope.cancel()
@@ -633,11 +766,9 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
 CLOSE_BOUND = 5.0
 """Seconds, beyond ``write_timeout``, that closing gives the writers."""
 
-_HOOK_READ_BOUND = 1.0
-"""Seconds the owner spends reading an ended run's frames for ``on_run_end``;
-shorter than the writer's bound on the end's duties (``_writer._END_BOUND``)
-so the hook is still scheduled, with no events, when Redis is slow."""
-
 
 def _no_change(state: OwnedRun) -> None:
     pass
+
+
+_TERMINAL_VALUES = frozenset(status.value for status in ChatRunStatus if status.is_terminal)

@@ -4,7 +4,9 @@
 (:class:`RedisSubscription`).
 
 The follower reads the run's stream with a blocking ``XREAD`` on one
-connection, whatever the number of local subscribers, keeps the frames it
+connection, whatever the number of local subscribers (the followers of a
+worker hold at most half of its connection pool at once; past that they take
+turns with short blocks), keeps the frames it
 read (at most ``max_events_per_run``) so that a subscriber joining later
 replays from memory, and publishes each new frame to the live subscribers
 without waiting (a full channel drops that subscriber: ``SubscriberLagged``).
@@ -15,17 +17,19 @@ it if its owner's lease lapsed: the end marker then arrives like any frame.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, final
+from typing import Any, final
 
 import trio
 
 from .._config import RegistryConfig
 from .._counters import Counters
-from .._exceptions import RunNotFound, SubscriberLagged
+from .._exceptions import RunNotFound
 from .._fanout import Fanout, Subscriber
 from .._records import ChatRunEvent
+from .._subscription import SubscriptionBase
 from .._util import NoPublicConstructor
 from ._codec import decode_entries, entry_seq
 from ._errors import TRANSIENT_ERRORS, describe
@@ -136,18 +140,27 @@ class Follower:
     async def run(self) -> None:
         """Follow the stream until the end marker (or nobody listens)."""
         backoff = _BACKOFF_FIRST
+        slots = _blocking_read_slots(self.store)
+        quiet_since = trio.current_time()
         try:
             with self.cancel_scope:
                 while not self.ended:
                     try:
-                        entries = await self.store.follow(
-                            self.conversation_id,
-                            self.run_id,
-                            self.last_id,
-                            self.block_ms,
-                            self.config.subscriber_buffer,
-                        )
-                        if not entries:
+                        async with slots:
+                            # Followers waiting for a slot: block briefly, so
+                            # the slots go round.
+                            contended = slots.statistics().tasks_waiting > 0
+                            entries = await self.store.follow(
+                                self.conversation_id,
+                                self.run_id,
+                                self.last_id,
+                                _CONTENDED_BLOCK_MS if contended else self.block_ms,
+                                self.config.subscriber_buffer,
+                            )
+                        if entries:
+                            quiet_since = trio.current_time()
+                        elif trio.current_time() - quiet_since >= 0.9 * self.block_ms / 1000:
+                            quiet_since = trio.current_time()
                             await self._check_alive()
                     except TRANSIENT_ERRORS as exc:
                         logger.warning(
@@ -169,11 +182,11 @@ class Follower:
     async def _check_alive(self) -> None:
         """Nothing new within a block: reap a run whose owner's lease lapsed
         (its end marker then follows), and stop if the run is gone."""
-        flat, _, reaped = await self.store.read(self.conversation_id)
+        flat, _, reaped = await self.store.read(self.conversation_id, self.run_id, ended_too=True)
         if reaped:
             await self.on_reaped(self.conversation_id, reaped, flat)
         if flat:
-            return  # held (and reaped if it had lapsed): keep reading
+            return  # held, current or queued (and reaped if it had lapsed): keep reading
         # No record: evicted or expired. Its stream outlives it a little, so
         # read what is left; if that holds no end, the run is gone for good.
         entries = await self.store.frames(
@@ -190,17 +203,42 @@ class Follower:
             self.ended = True
 
 
+_CONTENDED_BLOCK_MS = 20
+
+_read_slots: weakref.WeakKeyDictionary[Any, trio.CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+def _blocking_read_slots(store: RedisStore) -> trio.CapacityLimiter:
+    """The followers' share of the client's connection pool: half of it.
+
+    coredis multiplexes ordinary commands over few connections but gives each
+    blocking command (our ``XREAD BLOCK``) a connection of its own until it
+    returns, from the same pool (``max_connections``, 64 by default). With as
+    many followed runs as connections every command of the worker, the
+    writers' included, would wait for a blocking read to return; capped at
+    half, the other half stays free for them. Shared by every follower using
+    the same pool.
+    """
+    pool = store.client.connection_pool
+    slots = _read_slots.get(pool)
+    if slots is None:
+        slots = trio.CapacityLimiter(max(1, pool.max_connections // 2))
+        _read_slots[pool] = slots
+    return slots
+
+
 def _entry_id(entry: object) -> str:
     seq, is_end = entry_seq(entry.identifier)  # type: ignore[attr-defined]
     return f"{seq}-{1 if is_end else 0}"
 
 
 @final
-class RedisSubscription(metaclass=NoPublicConstructor):
+class RedisSubscription(SubscriptionBase, metaclass=NoPublicConstructor):
     """One subscriber's view of a run served from Redis: an async iterator of
     :class:`~trio_chatruns.ChatRunEvent` with the rules of
     :class:`~trio_chatruns.ChatRunSubscription` (replay, then live, no gap,
-    no duplicate, the end after the last frame, ``SubscriberLagged``).
+    no duplicate, the end after the last frame, ``SubscriberLagged``), and
+    the same base (cursor, end, leaving).
 
     ``__anext__`` is a cancel point on every call and a schedule point at
     least every 64 items.
@@ -210,18 +248,7 @@ class RedisSubscription(metaclass=NoPublicConstructor):
         on :class:`~trio_chatruns.ChatRunSubscription`.
     """
 
-    __slots__ = (
-        "_closed",
-        "_follower",
-        "_receive",
-        "_replay",
-        "_since_schedule",
-        "_subscriber",
-        "after",
-        "conversation_id",
-        "last_seq",
-        "run_id",
-    )
+    __slots__ = ("_follower", "_replay")
 
     def __init__(
         self,
@@ -233,25 +260,9 @@ class RedisSubscription(metaclass=NoPublicConstructor):
         subscriber: Subscriber | None,
         receive: trio.MemoryReceiveChannel[ChatRunEvent] | None,
     ) -> None:
-        self.conversation_id = conversation_id
-        self.run_id = run_id
-        self.after = after
-        self.last_seq = after
+        super().__init__(conversation_id, run_id, after, subscriber, receive)
         self._replay = deque(replay)
         self._follower = follower
-        self._subscriber = subscriber
-        self._receive = receive
-        self._closed = False
-        self._since_schedule = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"<RedisSubscription run={self.run_id} conversation={self.conversation_id!r} "
-            f"last_seq={self.last_seq}>"
-        )
-
-    def __aiter__(self) -> RedisSubscription:
-        return self
 
     async def __anext__(self) -> ChatRunEvent:
         """The next event.
@@ -264,13 +275,11 @@ class RedisSubscription(metaclass=NoPublicConstructor):
             trio.ClosedResourceError: the ``async with`` block was already left.
         """
         if self._closed:
-            # A cancel point like every other call (Trio's rules), as the core's.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            raise trio.ClosedResourceError("this subscription was closed")
+            await self._closed_error()
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._since_schedule += 1
-        if self._since_schedule >= _SCHEDULE_EVERY:
-            self._since_schedule = 0
+        self._unscheduled += 1
+        if self._unscheduled >= _SCHEDULE_EVERY:
+            self._unscheduled = 0
             await trio.lowlevel.cancel_shielded_checkpoint()
         while True:
             if self._replay:
@@ -278,8 +287,15 @@ class RedisSubscription(metaclass=NoPublicConstructor):
             elif self._receive is None:
                 await self._end()
             else:
+                # A queued event is taken without a scheduling round (the
+                # checkpoints above bound how long this task runs unscheduled).
                 try:
-                    event = await self._receive.receive()
+                    event = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        event = await self._receive.receive()
+                    except trio.EndOfChannel:
+                        await self._end()
                 except trio.EndOfChannel:
                     await self._end()
             # A live frame may repeat one replayed from Redis (joined while
@@ -288,22 +304,11 @@ class RedisSubscription(metaclass=NoPublicConstructor):
                 self.last_seq = event.seq
                 return event
 
-    async def _end(self) -> NoReturn:
-        await trio.lowlevel.checkpoint()
-        subscriber = self._subscriber
-        if subscriber is not None and subscriber.lagged:
-            raise SubscriberLagged(self.conversation_id, self.run_id, self.last_seq)
+    def _check_ended(self) -> None:
         if self._follower is not None and self._follower.lost:
             raise RunNotFound(self.conversation_id, self.run_id)
-        raise StopAsyncIteration
 
-    def close(self) -> None:
-        """Leave the run: only this subscriber is removed. Synchronous, idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    def _leave(self) -> None:
         self._replay.clear()
         if self._subscriber is not None and self._follower is not None:
             self._follower.leave(self._subscriber)
-        if self._receive is not None:
-            self._receive.close()

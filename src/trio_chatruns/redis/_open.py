@@ -17,10 +17,12 @@ import trio
 
 from .._config import RegistryConfig
 from .._counters import Counters
-from .._registry import _is_async_callable, _raise_unwrapped, _same_error
-from .._run_end import RunEndHook, RunEndHooks
+from .._registry import _raise_unwrapped, _same_error
+from .._run_end import RunEndHook
+from .._util import is_async_callable
 from ._backend import RedisChatRuns
 from ._errors import unavailable_on_connection_errors
+from ._hook_order import OrderedRunEndHooks
 from ._keys import KeyLayout
 from ._owner_duties import listen_interrupts, renew_leases
 from ._store import RedisStore
@@ -86,29 +88,25 @@ async def open_redis_chat_runs(
         key_prefix (str): the prefix of every key (default ``trio_chatruns``).
         on_run_end: ``async def hook(record, events)``, called once for every
             run that ends, by the worker that wrote the end to Redis (the
-            owner, or the worker that ended a run whose owner's lease lapsed),
-            with the final record and the frames still in the run's stream.
-            On one worker the calls of a conversation run one at a time in
-            the order the runs ended, each bounded by
+            owner; the worker that ended a run whose owner's lease lapsed;
+            the worker whose ``interrupt`` start cancelled queued runs), with
+            the final record and the frames still in the run's stream. For
+            one conversation the calls run one at a time in the order the
+            runs ended, across workers (``_hook_order.py``), each bounded by
             ``config.run_end_timeout``; failures are logged and counted
-            (``run_end_failures``). Leaving the block waits for them.
+            (``run_end_failures``). Leaving the block waits for them. Give
+            every worker a hook, or none: a worker waits for the calls of
+            earlier ends (up to ``run_end_timeout`` + 5 s without progress).
 
     Raises:
-        TypeError / ValueError: a bad argument; ``ValueError`` for byte
-            budgets (``max_bytes_per_run``, ``max_retained_bytes``), which
-            this backend does not implement yet.
+        TypeError / ValueError: a bad argument.
         RedisUnavailable: Redis cannot be reached when opening.
     """
     if config is None:
         config = RegistryConfig()
     elif not isinstance(config, RegistryConfig):
         raise TypeError(f"config must be a RegistryConfig or None, not {config!r}")
-    if config.max_bytes_per_run is not None or config.max_retained_bytes is not None:
-        raise ValueError(
-            "byte budgets (max_bytes_per_run, max_retained_bytes) are not implemented by "
-            f"the Redis backend yet; got {config!r}"
-        )
-    if on_run_end is not None and not _is_async_callable(on_run_end):
+    if on_run_end is not None and not is_async_callable(on_run_end):
         raise TypeError(f"on_run_end must be an async function or None, not {on_run_end!r}")
     lease = _positive_seconds("lease", lease)
     write_timeout = _positive_seconds("write_timeout", write_timeout)
@@ -125,11 +123,12 @@ async def open_redis_chat_runs(
         # Outermost, never cancelled: the hooks of every run that ended,
         # including those the closing cancelled, run to their own timeout.
         async with trio.open_nursery() as hooks_nursery, trio.open_nursery() as services:
-            hooks = (
-                None
-                if on_run_end is None
-                else RunEndHooks(on_run_end, config.run_end_timeout, hooks_nursery, counters)
-            )
+            hooks = None
+            if on_run_end is not None:
+                hooks = OrderedRunEndHooks(
+                    on_run_end, config.run_end_timeout, hooks_nursery, counters, store
+                )
+                store.hook_data = True
             async with trio.open_nursery() as runs_nursery:
                 backend = RedisChatRuns._create(
                     store,
@@ -143,8 +142,8 @@ async def open_redis_chat_runs(
                     counters,
                 )
                 with unavailable_on_connection_errors("opening the backend"):
-                    await services.start(listen_interrupts, store, worker_id, backend._owned)
-                services.start_soon(renew_leases, store, backend._owned, lease)
+                    await services.start(listen_interrupts, store, worker_id, backend._on_message)
+                services.start_soon(renew_leases, store, backend._owned, lease, backend._on_renewed)
                 try:
                     yield backend
                 except BaseException as exc:

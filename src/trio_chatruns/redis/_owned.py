@@ -10,12 +10,16 @@ encoded to JSON, and waits in ``pending`` until the run's writer task (see
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, final
 
 import trio
 
+from .._config import RegistryConfig
 from .._exceptions import RunTerminated
+from .._frame_size import checked_size, default_frame_size
+from .._handle import RunHandle
 from .._records import ChatRunRecord
 from .._run import INTERRUPTED_FRAME_TYPE
 from .._status import ChatRunStatus
@@ -39,21 +43,40 @@ class OwnedRun:
         run_id: str,
         started_at: float,
         on_change: Callable[[OwnedRun], None],
+        config: RegistryConfig | None = None,
+        status: ChatRunStatus = ChatRunStatus.RUNNING,
     ) -> None:
         self.conversation_id = conversation_id
         self.run_id = run_id
-        self.status = ChatRunStatus.RUNNING
+        self.status = status
         # The last active status, written with a batch that does not yet carry
         # the terminal status (frames pushed before the end still pending).
-        self.active_status = ChatRunStatus.RUNNING
+        self.active_status = status
+        # (run handle, producer, args) while the run is queued.
+        self.pending_start: tuple[Any, ...] | None = None
+        # With a byte budget: how frames are measured, and the sizes of the
+        # frames its stream keeps (trimmed as the WRITE script trims it).
+        self.measure: Callable[[Any], int] | None = None
+        self.max_events = 0
+        self.byte_budget: int | None = None
+        self.sizes: deque[int] = deque()
+        self.bytes = 0
+        if config is not None and config.measures_bytes:
+            self.measure = config.frame_size or default_frame_size
+            self.max_events = config.max_events_per_run
+            self.byte_budget = config.max_bytes_per_run
+        # Ended by another worker (a queued run cancelled by an ``interrupt``
+        # start, or reaped): that worker did the end's duties.
+        self.ended_elsewhere = False
         self.started_at = started_at
         self.updated_at = started_at
         self.terminated_at: float | None = None
         self.latest_seq = 0
         self.current_tool: str | None = None
         self.last_error: str | None = None
-        # (seq, timestamp, JSON payload) not yet written to Redis, in seq order.
-        self.pending: list[tuple[int, float, str]] = []
+        # (seq, timestamp, JSON payload, bytes or -1) not yet written to
+        # Redis, in seq order.
+        self.pending: list[tuple[int, float, str, int]] = []
         # Fields changed since the last write (a frame, a status, a tool);
         # START wrote the initial ones.
         self.dirty = False
@@ -102,15 +125,19 @@ class OwnedRun:
         Every argument is checked (the frame encoded) before anything changes.
         """
         self._check_writable()
-        new_status = None if status is None else ChatRunStatus.coerce(status)
+        new_status = None if status is None else self._check_status(status)
         if current_tool is not UNSET:
             check_optional_str("current_tool", current_tool)
         if error is not UNSET:
             check_optional_str("error", error)
         payload = encode_frame(frame)
+        size = -1
+        if self.measure is not None:
+            size = checked_size(self.measure, frame)
+            self._account(size)
         seq = self.latest_seq + 1
         now = time.time()
-        self.pending.append((seq, now, payload))
+        self.pending.append((seq, now, payload, size))
         self.latest_seq = seq
         self.updated_at = now
         if current_tool is not UNSET:
@@ -129,7 +156,7 @@ class OwnedRun:
         error: str | Unset | None = UNSET,
     ) -> None:
         self._check_writable()
-        new_status = ChatRunStatus.coerce(status)
+        new_status = self._check_status(status)
         check_optional_str("current_tool", current_tool)
         check_optional_str("error", error)
         self.updated_at = time.time()
@@ -139,6 +166,38 @@ class OwnedRun:
             self.last_error = error
         self._set_status(new_status)
         self._changed()
+
+    def _check_status(self, status: ChatRunStatus | str) -> ChatRunStatus:
+        """``status`` as a member, if this run may move to it (the core's rules)."""
+        return self.status.check_move(status, self.run_id, self.conversation_id)
+
+    def _account(self, size: int) -> None:
+        """Keep ``bytes`` as the WRITE script keeps the stream's: the newest
+        ``max_events_per_run`` frames, then the oldest dropped while they
+        total more than ``max_bytes_per_run`` (the newest frame stays)."""
+        sizes = self.sizes
+        sizes.append(size)
+        self.bytes += size
+        while len(sizes) > self.max_events:
+            self.bytes -= sizes.popleft()
+        budget = self.byte_budget
+        if budget is not None:
+            while self.bytes > budget and len(sizes) > 1:
+                self.bytes -= sizes.popleft()
+
+    def start(self) -> None:
+        """The backend started this queued run (Redis made it current)."""
+        self.status = self.active_status = ChatRunStatus.RUNNING
+        self.updated_at = time.time()
+
+    def end_elsewhere(self, status: ChatRunStatus, error: str | Unset | None = UNSET) -> None:
+        """Another worker ended this run in Redis (and does its end's duties):
+        end it here too, cancelling its producer, writing nothing more."""
+        if self.terminated_at is not None:
+            return
+        self.ended_elsewhere = True
+        self.pending.clear()
+        self.mark_terminal(status, error, stop_producer=True)
 
     def _set_status(self, status: ChatRunStatus) -> None:
         if status.is_terminal:
@@ -189,85 +248,36 @@ class OwnedRun:
         return True
 
     def end_cancelled(self, error: str | Unset | None = UNSET) -> None:
-        """Push the ``{"type": "interrupted"}`` frame and end ``CANCELLED``."""
+        """Push the ``{"type": "interrupted"}`` frame and end ``CANCELLED``
+        (measured by the default size if the application's ``frame_size``
+        fails on it: the run must end)."""
+        measure = self.measure
+        if measure is not None and measure is not default_frame_size:
+            try:
+                checked_size(measure, {"type": INTERRUPTED_FRAME_TYPE})
+            except Exception:
+                self.measure = default_frame_size
         self.push_frame(
             {"type": INTERRUPTED_FRAME_TYPE}, status=ChatRunStatus.CANCELLED, error=error
         )
 
 
 @final
-class RedisChatRun(metaclass=NoPublicConstructor):
+class RedisChatRun(RunHandle[OwnedRun], metaclass=NoPublicConstructor):
     """Handle on a run this worker owns, returned by
     :meth:`RedisChatRuns.try_start` and passed to the producer.
 
-    The same methods as :class:`~trio_chatruns.ChatRun`, all synchronous and
-    atomic except :meth:`wait`. ``push_frame`` never waits on the network:
-    frames reach Redis through the run's writer task, in order, batched.
-    Frames must be JSON-serialisable (``TypeError`` otherwise).
+    The methods of :class:`~trio_chatruns.ChatRun` (the same base,
+    :class:`~trio_chatruns._handle.RunHandle`), all synchronous and atomic
+    except :meth:`wait`. ``push_frame`` never waits on the network: frames
+    reach Redis through the run's writer task, in order, batched; ``record``
+    is the run as this worker holds it (it may be ahead of Redis by the
+    frames still being written). Frames must be JSON-serialisable
+    (``TypeError`` otherwise). A ``push_frame`` on a run another worker
+    ended (after this worker lost its lease) raises ``RunTerminated``.
     """
 
-    __slots__ = ("_state",)
-
-    def __init__(self, state: OwnedRun) -> None:
-        self._state = state
-
-    def __repr__(self) -> str:
-        state = self._state
-        return (
-            f"<RedisChatRun {state.run_id} conversation={state.conversation_id!r} "
-            f"status={state.status.value} latest_seq={state.latest_seq}>"
-        )
-
-    @property
-    def conversation_id(self) -> str:
-        """The conversation this run belongs to (``str``)."""
-        return self._state.conversation_id
-
-    @property
-    def run_id(self) -> str:
-        """This run's unique id (32 hex digits)."""
-        return self._state.run_id
-
-    @property
-    def record(self) -> ChatRunRecord:
-        """A snapshot of the run as this worker holds it (it may be ahead of
-        Redis by the frames still being written)."""
-        return self._state.snapshot()
-
-    def push_frame(
-        self,
-        frame: Any,
-        *,
-        status: ChatRunStatus | str | None = None,
-        current_tool: str | Unset | None = UNSET,
-        error: str | Unset | None = UNSET,
-    ) -> int:
-        """Append ``frame`` (JSON-serialisable) to the run; return its seq.
-
-        As :meth:`trio_chatruns.ChatRun.push_frame`; the frame is written to
-        Redis by the writer task shortly after, never waited for here.
-
-        Raises:
-            RunTerminated: the run already ended (here, or by another worker
-                after this worker lost its lease).
-            TypeError / ValueError: a bad argument, or a frame JSON cannot
-                encode; nothing is pushed.
-        """
-        return self._state.push_frame(frame, status, current_tool, error)
-
-    def update(
-        self,
-        status: ChatRunStatus | str,
-        *,
-        current_tool: str | Unset | None = UNSET,
-        error: str | Unset | None = UNSET,
-    ) -> None:
-        """Set the status (and fields) without a frame; a terminal status ends the run."""
-        self._state.update(status, current_tool, error)
-
-    def interrupt(self) -> bool:
-        """Request cancellation of the producer; ``False`` if already ended."""
-        return self._state.interrupt()
+    __slots__ = ()
 
     async def wait(self) -> ChatRunRecord:
         """Wait until the run has ended and its end is written to Redis, or

@@ -1,18 +1,18 @@
 """What a worker does for the runs it owns, in the background: renew their
-leases, and receive the interrupts other workers send them.
+leases (current and queued runs), and receive the messages other workers
+send about them (interrupt; a queued run started; a run ended elsewhere).
 
-Both act on the backend's map of owned runs (conversation id ->
-:class:`~._owned.OwnedRun`) and never crash on a Redis outage: they log,
-back off and go on.
+Both hand what they learn to the backend's callbacks and never crash on a
+Redis outage: they log, back off and go on.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 
 import trio
 
-from .._status import ChatRunStatus
 from ._codec import text
 from ._errors import TRANSIENT_ERRORS, describe
 from ._keys import KeyLayout
@@ -23,13 +23,26 @@ __all__ = ["listen_interrupts", "renew_leases"]
 
 logger = logging.getLogger("trio_chatruns.redis")
 
+RenewedCallback = Callable[[OwnedRun, "str | None", bool, str], None]
+"""``(state, status Redis holds if the run was lost, interrupt flagged,
+'current' | 'queued')``."""
 
-async def renew_leases(store: RedisStore, owned: dict[str, OwnedRun], lease: float) -> None:
+MessageCallback = Callable[[str, str, str], None]
+"""``(kind, conversation_id, run_id)``: kind ``i`` interrupt, ``s`` started,
+``c``/``f`` ended cancelled/failed by another worker."""
+
+
+async def renew_leases(
+    store: RedisStore,
+    owned: Mapping[str, OwnedRun],
+    lease: float,
+    on_renewed: RenewedCallback,
+) -> None:
     """Every third of ``lease`` (seconds): renew the leases of the runs owned
-    here (one pipelined round trip), and act on what Redis says: a run lost
-    to another worker (or to Redis) ends here too, with its producer
-    cancelled; an interrupt flagged in Redis (its pub/sub message lost)
-    reaches its producer."""
+    here, current and queued (one pipelined round trip), and hand each answer
+    to ``on_renewed``: a run lost to another worker (or to Redis), an
+    interrupt flagged in Redis whose pub/sub message was lost, a queued run
+    that started while its message was lost."""
     while True:
         await trio.sleep(lease / 3)
         active = [state for state in owned.values() if state.terminated_at is None]
@@ -40,24 +53,21 @@ async def renew_leases(store: RedisStore, owned: dict[str, OwnedRun], lease: flo
         except TRANSIENT_ERRORS as exc:
             logger.warning("could not renew %d lease(s): %s", len(active), describe(exc))
             continue
-        for state, (lost, interrupted) in zip(active, results, strict=True):
-            if lost:
-                state.pending.clear()
-                state.mark_terminal(ChatRunStatus.FAILED, error=lost, stop_producer=True)
-            elif interrupted:
-                state.interrupt()
+        for state, (lost, interrupted, where) in zip(active, results, strict=True):
+            on_renewed(state, lost, interrupted, where)
 
 
 async def listen_interrupts(
     store: RedisStore,
     worker_id: str,
-    owned: dict[str, OwnedRun],
+    on_message: MessageCallback,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Receive interrupts for the runs owned here on the worker's pub/sub
-    channel; started once subscribed. Reconnects with backoff (50 ms to 1 s)
-    when the connection is lost; raises if the first subscription fails."""
+    """Receive the messages about the runs owned here on the worker's pub/sub
+    channel (``<kind><run_id><cid>``) and hand them to ``on_message``; started
+    once subscribed. Reconnects with backoff (50 ms to 1 s) when the
+    connection is lost; raises if the first subscription fails."""
     channel = store.keys.interrupt_channel(worker_id)
     started = False
     backoff = 0.05
@@ -73,10 +83,9 @@ async def listen_interrupts(
                 async for message in pubsub:
                     if message["type"] != "message":
                         continue
-                    conversation_id, run_id = KeyLayout.split_member(text(message["data"]))
-                    state = owned.get(conversation_id)
-                    if state is not None and state.run_id == run_id:
-                        state.interrupt()
+                    data = text(message["data"])
+                    conversation_id, run_id = KeyLayout.split_member(data[1:])
+                    on_message(data[:1], conversation_id, run_id)
         except TRANSIENT_ERRORS as exc:
             if not started:
                 raise

@@ -22,6 +22,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from .accesslog import AccessLogMiddleware
 from .auth import ApiKeyAuth, StreamTokens, stream_token_route
+from .backend import BackendUnavailable
 from .conversation_routes import conversation_routes
 from .cross_site import CrossSiteGuard
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -78,8 +79,13 @@ class ChatServer(ServerState):
             await websocket_stream(self, websocket)
 
         async def metrics(request: Request) -> Response:
+            try:
+                registry_stats = await self.backend.stats()
+            except BackendUnavailable:
+                registry_stats = None  # the run metrics are left out of this scrape
             return Response(
-                self.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+                self.metrics.exposition(registry_stats),
+                headers={"Content-Type": METRICS_CONTENT_TYPE},
             )
 
         async def openapi(request: Request) -> Response:

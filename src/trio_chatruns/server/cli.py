@@ -29,7 +29,11 @@ from .config import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 from .envopts import ENV_PREFIX, apply_environment
 from .history import DEFAULT_DB_FILENAME, HistoryError
 from .producers import ChatModel, OpenAIChatModel, ScriptedModel, load_model
+from .redis_runner import redact, require_coredis
 from .runner import RunningServer, only_leaf, serve, shutdown_deadline
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["LOG_LEVELS", "build_model", "main", "parser", "serve_parser"]
 
@@ -180,6 +184,14 @@ def parser() -> argparse.ArgumentParser:
         help="earlier messages of the conversation sent to the model with a prompt "
         "(oldest dropped first; 0: none)",
     )
+    hist.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="keep runs and conversation history in this Redis (redis://HOST:PORT/DB), "
+        "shared by every worker started with the same URL; --db is then unused. Needs the "
+        "[redis] extra. Default: in memory, one process",
+    )
     model.add_argument(
         "--timeout",
         type=float,
@@ -294,7 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             allowed_hosts=tuple(args.allowed_host),
             allowed_origins=tuple(args.allow_origin),
             sse_retry_ms=args.sse_retry_ms,
+            redis=args.redis,
         )
+        if settings.redis is not None:
+            require_coredis()
         registry_config = RegistryConfig(
             max_events_per_run=args.max_events,
             terminal_retention=args.retention,
@@ -314,6 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if history_error is not None:
             print(f"trio-chatruns: error: {history_error}", file=sys.stderr)
             return 1
+        unavailable = _redis_unavailable(exc)
+        if unavailable is not None:
+            print(
+                f"trio-chatruns: error: cannot reach Redis at {_redacted(args.redis)}: "
+                f"{unavailable}",
+                file=sys.stderr,
+            )
+            return 1
         os_error = only_leaf(exc, OSError)
         if os_error is None:
             if only_leaf(exc, KeyboardInterrupt) is not None:
@@ -325,6 +348,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     return status
+
+
+def _redis_unavailable(exc: BaseException) -> BaseException | None:
+    """The ``RedisUnavailable`` that ended the server at start, if that is what did."""
+    for leaf in _leaves(exc):
+        if type(leaf).__name__ == "RedisUnavailable":
+            return leaf
+    return None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for child in exc.exceptions for leaf in _leaves(child)]
+    return [exc]
+
+
+def _redacted(url: str | None) -> str:
+    return redact(url or "")
 
 
 def _fatal_status(exc: BaseException | None) -> int:
@@ -353,7 +394,14 @@ async def _main(model: ChatModel, settings: ServerSettings, registry_config: Reg
                 flush=True,
             )
             history = running.server.history
-            if history is not None:
+            if history is not None and history.store.shared:
+                print(
+                    f"trio-chatruns: runs and conversation history in Redis at "
+                    f"{history.store.path}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif history is not None:
                 where = history.store.path
                 print(
                     f"trio-chatruns: conversation history in {where} (delete the file to wipe it)"

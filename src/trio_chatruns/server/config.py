@@ -64,6 +64,23 @@ def _origins(value: Any) -> tuple[str, ...]:
     return tuple(normalize_origin(o) for o in _strings(value))  # raises ValueError naming it
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _check_redis_url(instance: Any, attribute: Any, value: str | None) -> None:
+    if value is None:
+        return
+    if (
+        not isinstance(value, str)
+        or not value.startswith(_REDIS_SCHEMES)
+        or value in _REDIS_SCHEMES
+    ):
+        raise ValueError(
+            f"redis must be a URL such as redis://127.0.0.1:6379/0 "
+            f"(redis://, rediss:// or unix://), not {value!r}"
+        )
+
+
 _pos_int: Any = [v.instance_of(int), v.ge(1)]
 _pos_float: Any = [v.instance_of((int, float)), v.gt(0)]
 
@@ -125,6 +142,12 @@ class ServerSettings:
         allowed_origins (tuple[str, ...]): more ``Origin`` values to accept
             besides the server's own (``http(s)://host[:port]``), stored
             normalized; cross-origin reads from them are allowed through CORS.
+        redis (str | None): ``redis://HOST:PORT/DB`` (or ``rediss://``,
+            ``unix://``): keep runs and the conversation history in this
+            Redis, shared by every worker started with the same URL (``db``
+            is then unused). ``None`` (the default): the in-memory registry
+            and the SQLite history. Needs the ``[redis]`` extra. Not shown in
+            ``repr`` (a URL may hold a password).
     """
 
     host: str = attrs.field(default=DEFAULT_HOST, validator=v.instance_of(str))
@@ -151,3 +174,4 @@ class ServerSettings:
     api_key: str | None = attrs.field(default=None, validator=_check_api_key, repr=False)
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_hosts)
     allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
+    redis: str | None = attrs.field(default=None, validator=_check_redis_url, repr=False)

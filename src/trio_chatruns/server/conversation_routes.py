@@ -70,11 +70,11 @@ async def conversation_messages(request: Request) -> Response:
     conversation_id = request_conversation_id(request)
     history = _history(request)
     turns = await history.store.turns(conversation_id)
-    registry = request_server(request).registry
+    backend = request_server(request).backend
     return JSONResponse(
         {
             "conversation_id": conversation_id,
-            "messages": history.messages_json(registry, turns),
+            "messages": await history.messages_json(backend, turns),
         }
     )
 
@@ -86,7 +86,7 @@ async def delete_conversation(request: Request) -> Response:
     """
     conversation_id = request_conversation_id(request)
     history = _history(request)
-    interrupted = history.forget(conversation_id, request_server(request).registry)
+    interrupted = await history.forget(conversation_id, request_server(request).backend)
     deleted = await history.store.delete(conversation_id)
     if not deleted and not interrupted:
         raise ApiError(404, f"no conversation {conversation_id!r}")

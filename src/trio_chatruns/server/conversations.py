@@ -1,7 +1,10 @@
 """Conversations: turns written to the history store, and read back for the model.
 
-:class:`ConversationHistory` sits between the HTTP layer, the registry and
-:class:`~trio_chatruns.server.history.ConversationStore`:
+:class:`ConversationHistory` sits between the HTTP layer, the run backend
+and a :class:`~.turn_store.TurnStore` (the SQLite
+:class:`~trio_chatruns.server.history.ConversationStore`, or with
+``--redis`` the :class:`~.redis_history.RedisConversationStore` every
+worker shares):
 
 - when ``POST /v1/chat/runs/{id}`` accepts a run, the user's prompt is
   stored as a new turn (:meth:`ConversationHistory.accept`, then
@@ -17,6 +20,12 @@
 
 It also turns stored turns into the JSON of the conversation routes
 (:mod:`trio_chatruns.server.conversation_routes`).
+
+With a shared store (Redis), the run before a turn may have ended on
+another worker, whose hook saves its reply a moment later: a new run waits
+up to :data:`REPLY_WAIT` seconds for the reply of the newest earlier turn
+before it reads the history, and a run reaped there (its owner died) is
+saved by the worker that reaped it.
 """
 
 from __future__ import annotations
@@ -31,15 +40,18 @@ import attrs
 import trio
 
 from .. import ChatRunStatus
-from .history import ConversationStore, StoredTurn, TurnReply, iso_utc, open_conversation_store
+from .history import StoredTurn, TurnReply, iso_utc, open_conversation_store
 from .producers import ChatMessage, ChatRequest, make_producer
 
 if TYPE_CHECKING:
-    from .. import ChatRun, ChatRunEvent, ChatRunRecord, ChatRunRegistry
+    from .. import ChatRunEvent, ChatRunRecord
+    from .backend import RunBackend, StartedRun
     from .failures import FailureReporter
     from .producers import ChatModel
+    from .turn_store import TurnStore
 
 __all__ = [
+    "REPLY_WAIT",
     "SHUTDOWN_ERROR",
     "ConversationHistory",
     "open_conversation_history",
@@ -50,6 +62,20 @@ logger = logging.getLogger("trio_chatruns.server")
 
 SHUTDOWN_ERROR = "interrupted by a server shutdown"
 """The ``error`` saved with a reply that a server shutdown cut."""
+
+LOST_ERROR = "the server stopped before this reply was saved"
+"""The ``error`` of a reply that was never saved (status ``lost``)."""
+
+
+def lost_reply(at: float) -> TurnReply:
+    """The reply stored for a turn whose reply was never saved (status ``lost``)."""
+    return TurnReply(text="", tool_calls=[], status="lost", error=LOST_ERROR, gap_to=None, at=at)
+
+
+REPLY_WAIT = 5.0
+"""Seconds a new turn waits, with a shared store, for the reply of the turn
+before it (saved by the run-end hook of the worker that ran it) before it
+reads the history without it."""
 
 
 def reply_from_events(
@@ -110,7 +136,7 @@ class _PendingTurn:
     position: int
     prompt: str
     at: float
-    run: ChatRun
+    run: StartedRun
     stored: trio.Event = attrs.field(factory=trio.Event)
     """Set once the prompt is in the store (or storing it failed)."""
     saved: trio.Event = attrs.field(factory=trio.Event)
@@ -123,14 +149,14 @@ class ConversationHistory:
     """The server's conversation history over a :class:`ConversationStore`.
 
     Attributes:
-        store (ConversationStore): where turns are kept.
+        store (TurnStore): where turns are kept.
         history_messages (int): the most earlier messages (user and assistant)
             handed to the model with a prompt; the oldest are dropped first.
         shutting_down (Callable[[], bool]): tells whether the server is
             shutting down, so a reply cut by it is saved as such.
     """
 
-    store: ConversationStore
+    store: TurnStore
     history_messages: int = 20
     shutting_down: Callable[[], bool] = lambda: False
     _pending: dict[str, _PendingTurn] = attrs.field(factory=dict, init=False)
@@ -161,11 +187,17 @@ class ConversationHistory:
         model error.
         """
 
-        async def with_history(run: ChatRun, request: ChatRequest) -> None:
+        async def with_history(run: Any, request: ChatRequest) -> None:
             if prepared is not None:
                 request = prepared
             else:
-                request = await self._complete_request(request, position)
+                turn_position = position
+                pending = self._pending.get(run.run_id)
+                if self.store.shared and pending is not None:
+                    # A shared store numbers the turn when it stores it.
+                    await pending.stored.wait()
+                    turn_position = pending.position
+                request = await self._complete_request(request, turn_position)
             await model(run, request)
 
         name = getattr(model, "__qualname__", None) or type(model).__name__
@@ -176,16 +208,20 @@ class ConversationHistory:
         """Whether a turn of the conversation is accepted and not saved yet; synchronous."""
         return any(p.conversation_id == conversation_id for p in self._pending.values())
 
-    async def prepare(self, conversation_id: str, prompt: str) -> ChatRequest:
+    async def prepare(self, conversation_id: str, prompt: str) -> ChatRequest | None:
         """Read the history for a prompt of a conversation with no pending turn.
 
         Done before the run starts, so a model that starts at once does not
         wait for the disk; valid only while :meth:`has_pending` stays false.
+        ``None`` with a shared store: another worker may have a turn pending,
+        so the history is read when the run starts.
         """
+        if self.store.shared:
+            return None
         request = ChatRequest(conversation_id, prompt)
         return await self._complete_request(request, self.store.peek_position())
 
-    def accept(self, run: ChatRun, prompt: str, position: int) -> _PendingTurn:
+    def accept(self, run: StartedRun, prompt: str, position: int) -> _PendingTurn:
         """Remember a run just started (or queued) for ``prompt``; synchronous."""
         pending = _PendingTurn(run.conversation_id, run.run_id, position, prompt, time.time(), run)
         self._pending[run.run_id] = pending
@@ -201,7 +237,7 @@ class ConversationHistory:
         try:
             with trio.CancelScope(shield=True):
                 if not pending.deleted:
-                    await self.store.add_turn(
+                    pending.position = await self.store.add_turn(
                         pending.conversation_id,
                         pending.run_id,
                         pending.position,
@@ -214,12 +250,19 @@ class ConversationHistory:
     async def _complete_request(self, request: ChatRequest, position: int) -> ChatRequest:
         """``request`` with the earlier turns of its conversation and its turn number."""
         for pending in list(self._pending.values()):
-            if pending.conversation_id == request.conversation_id and pending.position < position:
+            if pending.conversation_id != request.conversation_id:
+                continue
+            # A shared store numbers a turn when it stores it: one not stored
+            # yet was accepted after this one (and is not waited for).
+            numbered = not self.store.shared or pending.stored.is_set()
+            if numbered and pending.position < position:
                 await pending.saved.wait()
         # Each turn gives at most two messages: read enough turns, keep the newest.
         earlier, turns = await self.store.context(
             request.conversation_id, before=position, last=self.history_messages
         )
+        if self.store.shared and turns and turns[-1].reply is None:
+            earlier, turns = await self._wait_reply(request.conversation_id, position, turns)
         messages: list[ChatMessage] = []
         if self.history_messages:
             for stored in turns:
@@ -229,24 +272,65 @@ class ConversationHistory:
             messages = messages[-self.history_messages :]
         return attrs.evolve(request, history=tuple(messages), turn=earlier + 1)
 
+    async def _wait_reply(
+        self, conversation_id: str, position: int, turns: list[StoredTurn]
+    ) -> tuple[int, list[StoredTurn]]:
+        """Re-read the context until the newest earlier turn has its reply.
+
+        Its run ended (this turn's run could start), but the worker that ran
+        it may still be saving the reply. Gives up after :data:`REPLY_WAIT`
+        seconds: that reply was never saved (its worker was killed, or Redis
+        was down when it ended), and it is stored as ``lost`` so that later
+        turns do not wait for it again (a real reply saved later replaces it).
+        """
+        earlier = len(turns)
+        delay = 0.01
+        with trio.move_on_after(REPLY_WAIT):
+            while turns and turns[-1].reply is None:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+                earlier, turns = await self.store.context(
+                    conversation_id, before=position, last=self.history_messages
+                )
+        if turns and turns[-1].reply is None:
+            missing = turns[-1]
+            logger.warning(
+                "reply of run %s (conversation %r) not saved within %.0f s; stored as lost",
+                missing.run_id,
+                conversation_id,
+                REPLY_WAIT,
+            )
+            await self.store.save_reply(
+                missing.run_id, lost_reply(time.time()), conversation_id=conversation_id
+            )
+        return earlier, turns
+
     # -- the run-end hook --------------------------------------------------
 
     async def on_run_end(self, record: ChatRunRecord, events: Sequence[ChatRunEvent]) -> None:
         """The registry's ``on_run_end`` hook: save the reply of the run that ended.
 
-        Runs that were not started through :meth:`accept` are ignored. A
-        failure to save is logged with the run id and re-raised (the registry
-        counts it).
+        Runs that were not started through :meth:`accept` are ignored, except
+        with a shared store: there a run reaped by this worker (its owner died)
+        is saved here if its turn is stored. A failure to save is logged with
+        the run id and re-raised (the registry counts it).
         """
         pending = self._pending.get(record.run_id)
         if pending is None:
+            if self.store.shared:
+                reply = reply_from_events(record, events, shutting_down=False)
+                await self.store.save_reply(
+                    record.run_id, reply, conversation_id=record.conversation_id
+                )
             return
         try:
             if pending.deleted:
                 return
             await pending.stored.wait()
             reply = reply_from_events(record, events, shutting_down=self.shutting_down())
-            if not await self.store.save_reply(record.run_id, reply):
+            if not await self.store.save_reply(
+                record.run_id, reply, conversation_id=record.conversation_id
+            ):
                 logger.warning(
                     "reply of run %s (conversation %r) not saved: its turn is not in the history",
                     record.run_id,
@@ -280,8 +364,8 @@ class ConversationHistory:
 
     # -- deleting ------------------------------------------------------------
 
-    def forget(self, conversation_id: str, registry: ChatRunRegistry) -> int:
-        """Stop saving the conversation's turns and interrupt its runs; synchronous.
+    async def forget(self, conversation_id: str, backend: RunBackend) -> int:
+        """Stop saving the conversation's turns and interrupt its runs.
 
         Every run of the conversation that has not been saved yet (queued,
         running, ending) is interrupted and will not be saved. Returns how
@@ -292,12 +376,12 @@ class ConversationHistory:
             if pending.conversation_id == conversation_id:
                 pending.deleted = True
                 interrupted += pending.run.interrupt()
-        interrupted += registry.interrupt(conversation_id)
+        interrupted += await backend.interrupt(conversation_id)
         return interrupted
 
     # -- reading -------------------------------------------------------------
 
-    def live_status(self, registry: ChatRunRegistry, conversation_id: str, run_id: str) -> str:
+    async def live_status(self, backend: RunBackend, conversation_id: str, run_id: str) -> str:
         """The status of the run of a turn with no saved reply.
 
         A status of the registry (``queued``, ``running``, ...) while the run
@@ -305,18 +389,18 @@ class ConversationHistory:
         it any more: the server stopped without saving the reply (killed, not
         shut down).
         """
-        record = registry.get(conversation_id)
+        record = await backend.get(conversation_id)
         if record is not None and record.run_id == run_id:
             return record.status.value
-        for queued in registry.queued(conversation_id):
+        for queued in await backend.queued(conversation_id):
             if queued.run_id == run_id:
                 return queued.status.value
         if run_id in self._pending:
             return "running"  # ended a moment ago; the reply is being saved
         return "lost"
 
-    def messages_json(
-        self, registry: ChatRunRegistry, turns: Sequence[StoredTurn]
+    async def messages_json(
+        self, backend: RunBackend, turns: Sequence[StoredTurn]
     ) -> list[dict[str, Any]]:
         """The ``messages`` of ``GET /v1/conversations/{id}/messages``, oldest first."""
         out: list[dict[str, Any]] = []
@@ -332,7 +416,7 @@ class ConversationHistory:
             )
             reply = turn.reply
             if reply is None:
-                record = registry.get(turn.conversation_id)
+                record = await backend.get(turn.conversation_id)
                 if (
                     record is not None
                     and record.run_id == turn.run_id
@@ -341,11 +425,11 @@ class ConversationHistory:
                     # Ended, its hook not done yet: answer what it is about to save.
                     reply = reply_from_events(
                         record,
-                        registry.events(turn.conversation_id),
+                        await backend.events(turn.conversation_id),
                         shutting_down=self.shutting_down(),
                     )
             if reply is None:
-                status = self.live_status(registry, turn.conversation_id, turn.run_id)
+                status = await self.live_status(backend, turn.conversation_id, turn.run_id)
                 out.append(
                     {
                         "role": "assistant",
@@ -354,9 +438,7 @@ class ConversationHistory:
                         "status": status,
                         "created_at": iso_utc(turn.prompt_at),
                         "tool_calls": [],
-                        "error": "the server stopped before this reply was saved"
-                        if status == "lost"
-                        else None,
+                        "error": LOST_ERROR if status == "lost" else None,
                         "gap": None,
                     }
                 )

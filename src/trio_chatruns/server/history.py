@@ -167,6 +167,11 @@ class ConversationStore:
         """``True`` for a file, ``False`` for ``":memory:"``."""
         return self.path != ":memory:"
 
+    @property
+    def shared(self) -> bool:
+        """``False``: one process writes this database."""
+        return False
+
     def peek_position(self) -> int:
         """The position :meth:`next_position` will give next (reserving nothing)."""
         return self._next_position
@@ -186,10 +191,11 @@ class ConversationStore:
 
     async def add_turn(
         self, conversation_id: str, run_id: str, position: int, prompt: str, at: float
-    ) -> None:
+    ) -> int:
         """Store the user's side of a turn (and the conversation, titled by its first prompt).
 
         Idempotent: a turn already stored for ``run_id`` is left as it is.
+        Returns ``position``.
         """
 
         def add(db: sqlite3.Connection) -> None:
@@ -206,12 +212,16 @@ class ConversationStore:
             )
 
         await self._run(add)
+        return position
 
-    async def save_reply(self, run_id: str, reply: TurnReply) -> bool:
+    async def save_reply(
+        self, run_id: str, reply: TurnReply, *, conversation_id: str | None = None
+    ) -> bool:
         """Store the assistant's side of the turn of ``run_id``.
 
         Returns ``False`` (and stores nothing) if the turn is not stored,
-        e.g. its conversation was deleted meanwhile.
+        e.g. its conversation was deleted meanwhile. ``conversation_id`` is
+        not needed here (run ids are unique); the Redis store uses it.
         """
 
         def save(db: sqlite3.Connection) -> bool:

@@ -4,10 +4,11 @@ Built on ``prometheus-client`` with one :class:`~prometheus_client.CollectorRegi
 per :class:`~.app.ChatServer` (never the process-global one, so two servers in
 one process, or two tests, never share a count). Two sources feed it:
 
-- :class:`StatsCollector`, a custom collector that reads
-  ``registry.stats()`` (``RegistryStats``) and ``server.stats()``
-  (``ServerStats``) at scrape time: nothing is counted twice, and nothing runs
-  on the hot path;
+- :class:`StatsCollector`, a custom collector that reads the run backend's
+  ``stats()`` (``RegistryStats``, read by the route just before the scrape
+  and handed to :meth:`ServerMetrics.exposition`) and ``server.stats()``
+  (``ServerStats``) at scrape time: nothing is counted twice, and nothing
+  runs on the hot path;
 - instruments the HTTP layer updates as it goes: request counts and durations
   (the access-log middleware, :mod:`.accesslog`) and model failures by kind
   (the producer wrapper, through :meth:`ChatServer.run_failed`).
@@ -28,7 +29,7 @@ from prometheus_client.exposition import generate_latest
 from .failures import FAILURE_KINDS
 
 if TYPE_CHECKING:
-    from .. import ChatRunRegistry
+    from .. import RegistryStats
 
 __all__ = ["CONTENT_TYPE", "METRICS", "MetricsSource", "ServerMetrics", "StatsCollector"]
 
@@ -39,11 +40,6 @@ class MetricsSource(Protocol):
     A protocol here, so this module does not import the server state that
     holds a :class:`ServerMetrics`: no import cycle (STYLE.md).
     """
-
-    @property
-    def registry(self) -> ChatRunRegistry:
-        """The registry whose ``stats()`` (``RegistryStats``) are exported."""
-        ...
 
     @property
     def closing(self) -> bool:
@@ -117,9 +113,11 @@ class StatsCollector:
 
     def __init__(self, server: MetricsSource) -> None:
         self._server = server
+        self.registry_stats: RegistryStats | None = None
+        """The run backend's stats for the next scrape (``None``: left out)."""
 
     def collect(self) -> Iterator[Metric]:
-        registry_stats = self._server.registry.stats()
+        registry_stats = self.registry_stats
         server_stats = self._server.stats()
 
         def value(stats: Any, field: str) -> float | None:
@@ -129,13 +127,14 @@ class StatsCollector:
         for name, field, help_text in _REGISTRY_GAUGES:
             if (v := value(registry_stats, field)) is not None:
                 yield GaugeMetricFamily(_P + name, help_text, value=v)
-        evicted = CounterMetricFamily(
-            _P + "runs_evicted", "Finished runs evicted, by reason.", labels=["reason"]
-        )
-        for reason, field in _EVICTIONS:
-            if (v := value(registry_stats, field)) is not None:
-                evicted.add_metric([reason], v)
-        yield evicted
+        if registry_stats is not None:
+            evicted = CounterMetricFamily(
+                _P + "runs_evicted", "Finished runs evicted, by reason.", labels=["reason"]
+            )
+            for reason, field in _EVICTIONS:
+                if (v := value(registry_stats, field)) is not None:
+                    evicted.add_metric([reason], v)
+            yield evicted
         for name, field, help_text in _REGISTRY_COUNTERS:
             if (v := value(registry_stats, field)) is not None:
                 yield CounterMetricFamily(_P + name, help_text, value=v)
@@ -184,13 +183,24 @@ class ServerMetrics:
         )
         for kind in FAILURE_KINDS:
             self.model_failures.labels(kind)
-        self.registry.register(StatsCollector(server))
+        self._collector = StatsCollector(server)
+        self.registry.register(self._collector)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration."""
         self.requests.labels(method, route, str(status)).inc()
         self.durations.labels(method, route).observe(seconds)
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format of every metric, now."""
-        return generate_latest(self.registry)
+    def exposition(self, registry_stats: RegistryStats | None = None) -> bytes:
+        """The Prometheus text format of every metric, now.
+
+        Args:
+            registry_stats: the run backend's ``stats()``, read by the caller
+                (an ``async`` call with Redis); ``None`` leaves the run
+                metrics out (the backend could not be read).
+        """
+        self._collector.registry_stats = registry_stats
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._collector.registry_stats = None

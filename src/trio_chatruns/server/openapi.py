@@ -321,7 +321,8 @@ _PATHS: dict[str, Any] = {
                 "413": _error("the body is larger than --max-body-bytes"),
                 "429": _BUSY,
                 "503": _error(
-                    "the server is shutting down, or the history could not store the prompt"
+                    "the server is shutting down, the history could not store the prompt, "
+                    "or (--redis) Redis cannot be reached"
                 ),
             },
         },
@@ -360,7 +361,7 @@ _PATHS: dict[str, Any] = {
                 "400": _BAD_ID,
                 "404": _NO_RUN,
                 "429": _BUSY,
-                "503": _CLOSING,
+                "503": _error("the server is shutting down, or (--redis) Redis cannot be reached"),
             },
         }
     },
@@ -451,6 +452,18 @@ _PATHS: dict[str, Any] = {
         }
     },
 }
+
+_UNAVAILABLE = _error(
+    "with --redis: Redis cannot be reached now (see Retry-After); the worker reconnects by itself"
+)
+# Every route that reads or changes runs or history needs Redis with --redis.
+for _path, _operations in _PATHS.items():
+    if _path.startswith("/v1/") and not _path.endswith(("/ws", "/stream-token")):
+        for _operation in _operations.values():
+            _operation["responses"].setdefault("503", _UNAVAILABLE)
+_PATHS["/v1/chat/runs/{conversation_id}"]["post"]["responses"]["501"] = _error(
+    "this run backend does not have the if_active policy asked for (nothing changed)"
+)
 
 
 def _with_guards(paths: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Every error is ``{"error": "<message>"}`` with its status; see
 ``docs/server.md`` for the table. The handlers are thin: validation, one
-synchronous registry call, a JSON answer. The streaming routes live in
+call to the run backend (:mod:`.backend`; with the in-memory registry it
+never checkpoints), a JSON answer. A backend that cannot reach its store
+(Redis down) is answered ``503``. The streaming routes live in
 :mod:`trio_chatruns.server.streams`.
 """
 
@@ -20,7 +22,8 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import RunAlreadyActive, RunQueueFull
+from .. import ChatRunStatus, RunAlreadyActive, RunQueueFull
+from .backend import BackendUnavailable
 from .errors import ApiError, request_conversation_id, request_server
 from .producers import ChatRequest, make_producer
 from .sse import JSONResponse, event_to_json, record_to_json, to_json
@@ -31,6 +34,7 @@ from .strict_json import loads_strict
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from .backend import RunBackend
     from .state import ServerState
 
 __all__ = ["RETRY_AFTER_SECONDS", "ApiError", "api_routes", "error_handlers"]
@@ -38,6 +42,11 @@ __all__ = ["RETRY_AFTER_SECONDS", "ApiError", "api_routes", "error_handlers"]
 logger = logging.getLogger("trio_chatruns.server")
 
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+
+
+def _running_here(backend: RunBackend) -> int:
+    """Runs whose producers run in this process now (queued ones wait: not counted)."""
+    return sum(1 for r in backend.active_here() if r.status is not ChatRunStatus.QUEUED)
 
 
 def too_many(message: str) -> ApiError:
@@ -129,18 +138,20 @@ async def start_run(request: Request) -> Response:
     if history is not None and not history.has_pending(conversation_id):
         # Read the history now, so a run that starts at once does not wait for the disk.
         prepared = await history.prepare(conversation_id, prompt)
-    # No checkpoint from here on: the checks and the start are one atomic step.
+    # No checkpoint from here on with the in-memory backend (its async methods
+    # never checkpoint): the checks and the start are one atomic step. With
+    # Redis, the start itself is atomic (one script) and the checks advisory.
     if history is not None and history.has_pending(conversation_id):
         prepared = None  # a turn came in meanwhile: read when the run starts
     if server.closing:
         raise ApiError(503, "server is shutting down")
-    registry = server.registry
-    current = registry.get(conversation_id)
+    backend = server.backend
+    current = await backend.get(conversation_id)
     busy = current is not None and current.status.is_active
     if if_active == "reject" and busy:
         raise ApiError(409, f"conversation {conversation_id!r} already has an active run")
     # A run queued behind an active one (interrupt, enqueue) never adds a running run.
-    if not busy and registry.stats().active >= server.settings.max_active_runs:
+    if not busy and _running_here(backend) >= server.settings.max_active_runs:
         raise too_many("too many active runs; try again later")
     if history is None:
         producer = make_producer(server.model, ChatRequest(conversation_id, prompt), server)
@@ -150,18 +161,21 @@ async def start_run(request: Request) -> Response:
             server.model, conversation_id, prompt, position, prepared, reporter=server
         )
     try:
-        run = registry.try_start(conversation_id, producer, if_active=if_active)
+        run = await backend.try_start(conversation_id, producer, if_active=if_active)
     except RunAlreadyActive:
         raise ApiError(409, f"conversation {conversation_id!r} already has an active run") from None
     except RunQueueFull:
         raise too_many(f"conversation {conversation_id!r} has too many queued runs") from None
+    except NotImplementedError as exc:
+        # A start policy this backend does not have (yet): say so, change nothing.
+        raise ApiError(501, f'"if_active": {if_active!r} is not available here: {exc}') from None
     except RuntimeError:
         raise ApiError(503, "server is shutting down") from None
     status = run.record.status.value
     if history is not None:
         try:
             await history.store_prompt(history.accept(run, prompt, position))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, BackendUnavailable) as exc:
             # A turn the history does not hold would be answered and then
             # forgotten: stop the run and say so, rather than a bare 500.
             run.interrupt()
@@ -185,14 +199,14 @@ async def list_runs(request: Request) -> Response:
     active = request.query_params.get("active", "false").lower()
     if active not in ("true", "false", "1", "0"):
         raise ApiError(400, "active must be true, false, 1 or 0")
-    records = request_server(request).registry.list(active_only=active in ("true", "1"))
+    records = await request_server(request).backend.list(active_only=active in ("true", "1"))
     return JSONResponse({"runs": [record_to_json(r) for r in records]})
 
 
 async def get_run(request: Request) -> Response:
     """``GET /v1/chat/runs/{conversation_id}`` → the record, or 404."""
     conversation_id = request_conversation_id(request)
-    record = request_server(request).registry.get(conversation_id)
+    record = await request_server(request).backend.get(conversation_id)
     if record is None:
         raise ApiError(404, f"no run for conversation {conversation_id!r}")
     return JSONResponse(record_to_json(record))
@@ -215,13 +229,13 @@ async def run_events(request: Request) -> Response:
         cursor, resumed = cursor_from_request(request.headers, request.query_params)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    registry = request_server(request).registry
-    record = check_cursor(registry, conversation_id, cursor, resumed)
+    backend = request_server(request).backend
+    record = await check_cursor(backend, conversation_id, cursor, resumed)
     if isinstance(record, StreamRefusal):
         if record.status == 204:
             return Response(status_code=204)
         raise ApiError(record.status, record.message)
-    events = registry.events(conversation_id, after=cursor.after)
+    events = await backend.events(conversation_id, after=cursor.after)
     first = events[0].seq if events else record.latest_seq + 1
     gap = {"from": cursor.after + 1, "to": first - 1} if first > cursor.after + 1 else None
     return JSONResponse(
@@ -254,9 +268,9 @@ async def interrupt_run(request: Request) -> Response:
     again. Not refused during shutdown. 404 once the run has ended.
     """
     conversation_id = request_conversation_id(request)
-    registry = request_server(request).registry
-    record = registry.get(conversation_id)
-    if record is None or not registry.interrupt(conversation_id):
+    backend = request_server(request).backend
+    record = await backend.get(conversation_id)
+    if record is None or not await backend.interrupt(conversation_id):
         raise ApiError(404, f"no active run for conversation {conversation_id!r}")
     return JSONResponse({"interrupted": True, "run_id": record.run_id})
 
@@ -268,7 +282,7 @@ async def server_stats(request: Request) -> Response:
     server = request_server(request)
     return JSONResponse(
         {
-            "registry": attrs.asdict(server.registry.stats()),
+            "registry": attrs.asdict(await server.backend.stats()),
             "server": attrs.asdict(server.stats()),
         }
     )
@@ -293,6 +307,17 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    # Redis down or restarting: the backend reconnects by itself; try again.
+    assert isinstance(exc, BackendUnavailable)
+    logger.warning("%s %s answered 503: %s", request.method, request.url.path, exc.message)
+    return JSONResponse(
+        {"error": exc.message},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
@@ -314,6 +339,7 @@ def error_handlers() -> dict[Any, Any]:
     """Starlette exception handlers turning every error into JSON."""
     return {
         ApiError: _api_error,
+        BackendUnavailable: _unavailable,
         HTTPException: _http_error,
         _ClientGone: _client_gone,
         500: _internal_error,

@@ -19,6 +19,11 @@ Hypercorn's own order — drain connections, *then* run the app's lifespan
 shutdown — is why the registry is not opened in a Starlette lifespan: streams
 would only end when the graceful timeout cancelled them.
 
+With ``ServerSettings.redis`` set, the registry is the Redis run backend
+and the history lives in the same Redis (:mod:`.redis_runner`), so every
+worker started with that URL serves every conversation; the order above is
+the same.
+
 Step 4 waits for every producer task, and Trio cannot stop a task that
 shields itself from cancellation. If :func:`serve` has not returned
 :func:`shutdown_deadline` seconds after the shutdown began, it logs an error
@@ -32,8 +37,9 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import hypercorn.trio
@@ -49,7 +55,7 @@ from .conversations import open_conversation_history
 from .producers import describe_model
 
 if TYPE_CHECKING:
-    from .. import ChatRunRegistry
+    from .conversations import ConversationHistory
     from .producers import ChatModel
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -212,7 +218,15 @@ async def serve(
     Raises:
         OSError: the address cannot be bound (the error itself, not wrapped
             in an exception group).
+        ImportError: ``settings.redis`` is set and coredis is not installed
+            (the message names the ``[redis]`` extra).
+        trio_chatruns.redis.RedisUnavailable: ``settings.redis`` cannot be
+            reached at start (later outages are answered 503 and retried).
     """
+    if settings is not None and settings.redis is not None:
+        from .redis_runner import require_coredis
+
+        require_coredis()
     settings, generated_key = ensure_api_key(settings or ServerSettings())
     try:
         await _serve(model, settings, registry_config, handle_signals, task_status, generated_key)
@@ -235,15 +249,10 @@ async def _serve(
     deadlines = config.write_deadlines
     assert deadlines is not None
     stop = trio.Event()
-    registry: ChatRunRegistry | None = None
+    server: ChatServer | None = None
     async with trio.open_nursery() as guard:
-        guard.start_soon(_shutdown_watchdog, stop, settings, lambda: registry)
-        async with (
-            open_conversation_history(settings.db, settings.history_messages) as history,
-            # The registry closes first and waits for its run-end hooks, so
-            # the replies cut by the shutdown are saved before the store closes.
-            open_chat_run_registry(registry_config, on_run_end=history.on_run_end) as registry,
-        ):
+        guard.start_soon(_shutdown_watchdog, stop, settings, lambda: server)
+        async with _open_runs(settings, registry_config) as (registry, history):
             server = ChatServer(
                 registry, model, settings, history=history, on_shutdown_request=stop.set
             )
@@ -273,10 +282,11 @@ async def _serve(
                 if handle_signals:
                     nursery.start_soon(_watch_signals, stop, nursery.cancel_scope, deadlines)
                 urls = await nursery.start(run_hypercorn)
-                _log_startup(urls, model, settings, registry.config)
+                _log_startup(urls, model, settings, server.backend.config)
                 log_exposure(settings, urls, generated_key)
                 task_status.started(RunningServer(server, urls, _stop=stop))
         guard.cancel_scope.cancel()  # the registry closed: the watchdog has nothing to say
+    assert server is not None
     stats = server.stats()
     logger.info(
         "shutdown complete: %d run(s) interrupted by the shutdown, %d stream(s) cut "
@@ -285,6 +295,36 @@ async def _serve(
         stats.streams_dropped,
         stats.run_failures,
     )
+
+
+@asynccontextmanager
+async def _open_runs(
+    settings: ServerSettings, registry_config: RegistryConfig | None
+) -> AsyncIterator[tuple[Any, ConversationHistory]]:
+    """The registry (in memory, or Redis with ``settings.redis``) and the history over it.
+
+    The registry closes first and waits for its run-end hooks, so the
+    replies cut by the shutdown are saved before the history closes.
+    """
+    if settings.redis is not None:
+        from .redis_runner import open_redis_parts, redact
+
+        async with open_redis_parts(settings.redis, registry_config, settings.history_messages) as (
+            runs,
+            history,
+        ):
+            logger.info(
+                "runs and conversation history in Redis at %s (worker %s)",
+                redact(settings.redis),
+                runs.worker_id,
+            )
+            yield runs, history
+        return
+    async with (
+        open_conversation_history(settings.db, settings.history_messages) as history,
+        open_chat_run_registry(registry_config, on_run_end=history.on_run_end) as registry,
+    ):
+        yield registry, history
 
 
 def _log_startup(
@@ -314,13 +354,13 @@ def _log_startup(
 
 
 async def _shutdown_watchdog(
-    stop: trio.Event, settings: ServerSettings, registry: Callable[[], ChatRunRegistry | None]
+    stop: trio.Event, settings: ServerSettings, server: Callable[[], ChatServer | None]
 ) -> None:
     """Log the runs that keep a graceful shutdown from finishing in time."""
     await stop.wait()
     await trio.sleep(shutdown_deadline(settings))
-    current = registry()
-    stuck = [] if current is None else current.list(active_only=True)
+    current = server()
+    stuck = [] if current is None else current.backend.active_here()
     logger.error(
         "graceful shutdown did not finish within %.1f s: a producer ignores cancellation "
         "(e.g. a shielded cancel scope); %d run(s) still active: %s",

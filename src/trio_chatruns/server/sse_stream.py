@@ -129,9 +129,11 @@ class SSEStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = self.server
-        plan = resolve_stream(server, self.conversation_id, self.cursor, self.resumed)
+        plan = await resolve_stream(server, self.conversation_id, self.cursor, self.resumed)
         if isinstance(plan, StreamRefusal):
-            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if plan.status == 429 else None
+            headers = (
+                {"Retry-After": str(RETRY_AFTER_SECONDS)} if plan.status in (429, 503) else None
+            )
             response: Response = (
                 Response(status_code=204)
                 if plan.status == 204

@@ -20,17 +20,20 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import trio
 
-from .. import ChatRunStatus
+from .. import ChatRunRegistry, ChatRunStatus
 from .config import ServerSettings
 from .failures import log_failure
+from .memory_backend import MemoryBackend
 from .metrics import ServerMetrics
 
 if TYPE_CHECKING:
-    from .. import ChatRunRecord, ChatRunRegistry
+    from .. import ChatRunRecord
+    from ..redis import RedisChatRuns
+    from .backend import RunBackend
     from .conversations import ConversationHistory
     from .producers import ChatModel
 
-__all__ = ["END_REASONS", "ServerState", "ServerStats", "TrackedStream"]
+__all__ = ["END_REASONS", "ServerState", "ServerStats", "TrackedStream", "as_backend"]
 
 logger = logging.getLogger("trio_chatruns.server")
 
@@ -86,13 +89,21 @@ class ServerState:
     ``ServerState`` (``request.app.state.chat_server``).
 
     Attributes:
-        registry (ChatRunRegistry): where runs live; owned by the caller.
+        registry (ChatRunRegistry | RedisChatRuns | RunBackend): where runs
+            live, opened (and closed) by the caller: an in-memory
+            ``ChatRunRegistry``, a ``trio_chatruns.redis.RedisChatRuns``
+            (several workers sharing one Redis), or any
+            :class:`~.backend.RunBackend`.
+        backend (RunBackend): what the routes and streams talk to, made from
+            ``registry`` at construction (see :mod:`.backend`).
         model (ChatModel): produces every reply.
         settings (ServerSettings): limits and timings.
-        history (ConversationHistory | None): the conversation history (the
-            registry's ``on_run_end`` must be its ``on_run_end``); ``None``:
-            no history, each prompt is sent alone and the conversation routes
-            answer 404.
+        history (ConversationHistory | None): the conversation history; the
+            registry must have been opened with ``on_run_end=history.on_run_end``
+            (``ValueError`` at construction otherwise: the replies would never
+            be saved, and the next turn would wait for them forever).
+            ``None``: no history, each prompt is sent alone and the
+            conversation routes answer 404.
         on_shutdown_request (Callable[[], None] | None): called when a model
             raises ``KeyboardInterrupt``/``SystemExit``, to shut the whole
             server down gracefully (:func:`~.runner.serve` passes its own);
@@ -101,13 +112,15 @@ class ServerState:
             instruments (``GET /metrics``).
     """
 
-    registry: ChatRunRegistry
+    registry: ChatRunRegistry | RedisChatRuns | RunBackend
     model: ChatModel
     settings: ServerSettings = attrs.field(factory=ServerSettings)
     history: ConversationHistory | None = None
     on_shutdown_request: Callable[[], None] | None = attrs.field(default=None, kw_only=True)
     metrics: ServerMetrics = attrs.field(init=False, repr=False)
     """This server's metrics (its own ``CollectorRegistry``)."""
+    backend: RunBackend = attrs.field(init=False, repr=False)
+    """The run backend the routes and streams talk to (made from ``registry``)."""
     _closing: bool = attrs.field(default=False, init=False)
     # The scopes of open streams, so disconnect_streams() can cut them; a
     # stream's pump runs inside its scope, the ASGI response outside it.
@@ -131,6 +144,16 @@ class ServerState:
         return self._closing
 
     def __attrs_post_init__(self) -> None:
+        self.backend = as_backend(self.registry)
+        if self.history is not None:
+            hook = self.backend.on_run_end
+            if hook != self.history.on_run_end:
+                raise ValueError(
+                    "the registry was opened without the history's run-end hook "
+                    f"(its on_run_end is {hook!r}): replies would never be saved and the "
+                    "next turn of a conversation would wait for them forever; open it "
+                    "with on_run_end=history.on_run_end"
+                )
         self.metrics = ServerMetrics(self)
         if self.history is not None:
             self.history.shutting_down = lambda: self._closing
@@ -291,8 +314,8 @@ class ServerState:
             for conversation_id, run_id in self.history.cancel_queued():
                 self._shutdown_runs.add(run_id)
                 ended.append(f"{conversation_id}/{run_id}")
-        for record in self.registry.list(active_only=True):
-            if self.registry.interrupt(record.conversation_id):
+        for record in self.backend.active_here():
+            if self.backend.interrupt_here(record.conversation_id):
                 self._shutdown_runs.add(record.run_id)
                 ended.append(f"{record.conversation_id}/{record.run_id}")
         logger.info(
@@ -309,3 +332,28 @@ class ServerState:
         """Return once no stream is open (immediately if none is)."""
         if self._drop_scopes:
             await self._idle.wait()
+
+
+def as_backend(registry: object) -> RunBackend:
+    """The :class:`~.backend.RunBackend` over ``registry``.
+
+    A ``ChatRunRegistry`` gets a :class:`~.memory_backend.MemoryBackend`, a
+    ``trio_chatruns.redis.RedisChatRuns`` a
+    :class:`~.redis_backend.RedisBackend` (imported only then: it needs the
+    ``[redis]`` extra); a ``RunBackend`` is used as it is.
+
+    Raises:
+        TypeError: ``registry`` is none of those.
+    """
+    if isinstance(registry, ChatRunRegistry):
+        return MemoryBackend(registry)
+    if type(registry).__module__.startswith("trio_chatruns.redis"):
+        from .redis_backend import RedisBackend  # the [redis] extra
+
+        return RedisBackend(registry)  # type: ignore[arg-type]
+    if all(hasattr(registry, name) for name in ("active_here", "interrupt_here", "subscribe")):
+        return registry  # type: ignore[return-value]
+    raise TypeError(
+        "registry must be a ChatRunRegistry, a trio_chatruns.redis.RedisChatRuns "
+        f"or a RunBackend, not {registry!r}"
+    )

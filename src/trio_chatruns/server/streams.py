@@ -12,7 +12,8 @@ encoded by :mod:`.wire`, once per event):
 - when the run is terminal and every frame was sent, an *end* message with the
   final record, then the stream closes;
 - a client that reads too slowly is dropped (``SubscriberLagged``): it is told
-  where to resume, and the stream closes so it reconnects.
+  where to resume, and the stream closes so it reconnects; the same when the
+  run backend cannot reach Redis to subscribe (``BackendUnavailable``).
 
 Every stream ends on its own when its run ends, including when the registry
 closes or the server shuts down: there is no asyncio-only drain watcher to
@@ -27,11 +28,12 @@ import attrs
 import trio
 
 from .. import ChatRunEvent, ChatRunRecord, ReplayGap, RunNotFound, SubscriberLagged
+from .backend import BackendUnavailable
 from .config import valid_conversation_id
 from .sse import Cursor, parse_cursor, parse_run_id, parse_seq
 
 if TYPE_CHECKING:
-    from .. import ChatRunRegistry, ChatRunSubscription
+    from .backend import RunBackend, StreamSubscription
     from .state import ServerState
 
 __all__ = [
@@ -101,8 +103,8 @@ def cursor_from_request(headers: Any, query: Any) -> tuple[Cursor, bool]:
     return Cursor(run_id=run_id, after=after), bool(after or run_id)
 
 
-def check_cursor(
-    registry: ChatRunRegistry, conversation_id: str, cursor: Cursor, resumed: bool
+async def check_cursor(
+    backend: RunBackend, conversation_id: str, cursor: Cursor, resumed: bool
 ) -> ChatRunRecord | StreamRefusal:
     """The answer to ``cursor`` on ``conversation_id``: the run's record, or a refusal.
 
@@ -110,15 +112,18 @@ def check_cursor(
     "What the server answers to a cursor"): ``404`` no run and no run id;
     ``204`` a run id that is not the current run (it is over), or a resumed
     cursor at the end of a terminal run (its record attached); ``400`` a seq
-    past the run's ``latest_seq``. Synchronous, no checkpoint.
+    past the run's ``latest_seq``. No checkpoint with the in-memory backend.
+
+    Raises:
+        BackendUnavailable: the backend's store cannot be reached (503).
     """
-    record = registry.get(conversation_id)
+    record = await backend.get(conversation_id)
     if record is None:
         if cursor.run_id is not None:
             return StreamRefusal(204, "run is over and no longer retained")
         return StreamRefusal(404, f"no run for conversation {conversation_id!r}")
     if cursor.run_id is not None and cursor.run_id != record.run_id:
-        for queued in registry.queued(conversation_id):
+        for queued in await backend.queued(conversation_id):
             if queued.run_id == cursor.run_id:
                 # A queued run (if_active=enqueue/interrupt): the stream waits for it.
                 record = queued
@@ -134,12 +139,13 @@ def check_cursor(
     return record
 
 
-def resolve_stream(
+async def resolve_stream(
     server: ServerState, conversation_id: str, cursor: Cursor, resumed: bool
 ) -> StreamPlan | StreamRefusal:
     """Decide whether (and from where) to stream ``conversation_id`` to a client.
 
-    Synchronous, no checkpoint. The transports send response headers before
+    No checkpoint with the in-memory backend; a backend that cannot reach its
+    store gives a ``503`` refusal. The transports send response headers before
     they subscribe, so the run may change in between; that is safe because the
     plan pins ``run_id`` and :func:`pump` handles ``RunNotFound`` and
     ``ReplayGap`` when it subscribes.
@@ -148,7 +154,10 @@ def resolve_stream(
         return StreamRefusal(400, "invalid conversation id")
     if server.closing:
         return StreamRefusal(503, "server is shutting down")
-    record = check_cursor(server.registry, conversation_id, cursor, resumed)
+    try:
+        record = await check_cursor(server.backend, conversation_id, cursor, resumed)
+    except BackendUnavailable as exc:
+        return StreamRefusal(503, exc.message)
     if isinstance(record, StreamRefusal):
         return record
     if server.subscriber_count(record.run_id) >= server.settings.max_subscribers_per_run:
@@ -202,7 +211,7 @@ async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> No
     heartbeat = server.settings.heartbeat_interval
     while True:
         try:
-            async with server.registry.subscribe(
+            async with server.backend.subscribe(
                 plan.conversation_id, after=after, run_id=plan.run_id
             ) as subscription:
                 if gap_from is not None:
@@ -224,13 +233,19 @@ async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> No
         except RunNotFound:
             # Evicted or replaced between accepting the stream and subscribing.
             record = None
+        except BackendUnavailable:
+            # Redis unreachable on subscribing (nothing of the run was sent):
+            # the client resumes from its own cursor, as after a lag.
+            out.append(sink.lagged(plan.after, plan.run_id))
+            await sink.send(out, final=True)
+            return
         out.append(sink.end(record, server.end_reason(record)))
         await sink.send(out, final=True)
         return
 
 
 async def _deliver(
-    subscription: ChatRunSubscription, sink: StreamSink[M], out: list[M], heartbeat: float
+    subscription: StreamSubscription, sink: StreamSink[M], out: list[M], heartbeat: float
 ) -> None:
     """Send ``subscription``'s events until it ends; ``out`` holds what is not sent yet
     (on return: the last batch, which ``pump`` sends with the ``end`` message)."""

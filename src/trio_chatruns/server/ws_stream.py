@@ -93,7 +93,7 @@ async def websocket_stream(server: ServerState, websocket: WebSocket) -> None:
     except ValueError as exc:
         plan: StreamPlan | StreamRefusal = StreamRefusal(400, str(exc))
     else:
-        plan = resolve_stream(server, conversation_id, cursor, resumed)
+        plan = await resolve_stream(server, conversation_id, cursor, resumed)
     if isinstance(plan, StreamRefusal):
         if plan.status == 204:
             sink = _WSSink(websocket)
