@@ -62,14 +62,20 @@ def _with_deadline(testfunc: Any, nodeid: str) -> Any:
     async def test_with_deadline(**kwargs: Any) -> Any:
         mock = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
         seconds = MOCK_SECONDS if mock else REAL_SECONDS
+        kind = "Trio mock-clock" if mock else "real"
+        hung = f"{nodeid} hung: still waiting after {seconds:g} s of {kind} time"
+        # Only this deadline makes a TestHung: a test's own bound (its
+        # ``fail_after(5)``) raising TooSlowError is reported as itself, with
+        # the line that waited, not as a hang at the test's deadline.
+        deadline = trio.move_on_after(seconds)
         try:
-            with trio.fail_after(seconds):
+            with deadline:
                 return await testfunc(**kwargs)
-        except trio.TooSlowError:
-            kind = "Trio mock-clock" if mock else "real"
-            raise TestHung(
-                f"{nodeid} hung: still waiting after {seconds:g} s of {kind} time"
-            ) from None
+        except BaseException as error:
+            if deadline.cancel_called:
+                raise TestHung(hung) from error
+            raise
+        raise TestHung(hung)
 
     return test_with_deadline
 

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
-__all__ = ["checked_size", "default_frame_size"]
+__all__ = ["checked_result", "checked_size", "default_frame_size"]
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+
+_join = "".join
 
 _compact_json: Callable[[Any], str]
 
@@ -20,9 +22,10 @@ if c_make_encoder is not None:  # CPython's C accelerator, built once rather tha
     )
 
     def _join_chunks(frame: Any) -> str:
-        chunks = _encode_once(frame, 0)
-        # A dict or list at the top comes back as one chunk: skip the join.
-        return chunks[0] if len(chunks) == 1 else "".join(chunks)
+        # The chunks of one top-level value: one on 3.12+, which join returns
+        # as is (no copy).
+        text: str = _join(_encode_once(frame, 0))
+        return text
 
     _compact_json = _join_chunks
 
@@ -43,8 +46,7 @@ def default_frame_size(frame: Any) -> int:
             ``RegistryConfig.frame_size`` to measure such frames).
         ValueError: the frame holds a reference cycle.
     """
-    cls = frame.__class__
-    if cls is not dict and cls is not list:  # the common frames go straight to JSON
+    if frame.__class__ is not dict:  # a dict, the common frame, goes straight to JSON
         if isinstance(frame, str):
             return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
         if isinstance(frame, (bytes, bytearray)):
@@ -61,11 +63,21 @@ def checked_size(measure: Callable[[Any], int], frame: Any) -> int:
     Raises:
         TypeError / ValueError: the result is not an int, or is negative.
     """
-    size = measure(frame)
+    return checked_result(measure(frame))
+
+
+def checked_result(size: Any) -> int:
+    """``size``, as returned by a ``frame_size``, if it is an ``int >= 0``
+    (an ``int`` subclass other than ``bool`` becomes a plain ``int``).
+
+    Raises:
+        TypeError / ValueError: it is not an int, or is negative.
+    """
     if size.__class__ is not int:
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError(f"frame_size returned {size!r}; it must return an int of bytes")
         size = int(size)
     if size < 0:
         raise ValueError(f"frame_size returned {size!r}; it must return bytes >= 0")
-    return size
+    checked: int = size
+    return checked

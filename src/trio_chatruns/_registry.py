@@ -93,6 +93,11 @@ class ChatRunRegistry(metaclass=NoPublicConstructor):
         self._finishing: dict[RunState, trio.CancelScope] = {}
         self._closed = False
 
+    def _run_end_hook(self) -> RunEndHook | None:
+        """Internal (for ``trio_chatruns.server``, not in the public API): the
+        ``on_run_end`` hook this registry was opened with; ``None`` if none."""
+        return None if self._hooks is None else self._hooks.hook
+
     def __repr__(self) -> str:
         return (
             f"<ChatRunRegistry runs={len(self._runs)} "

@@ -20,7 +20,7 @@ from ._config import RegistryConfig
 from ._counters import Counters
 from ._exceptions import ReplayGap, RunTerminated
 from ._fanout import Fanout, Subscriber
-from ._frame_size import checked_size, default_frame_size
+from ._frame_size import checked_result, checked_size, default_frame_size
 from ._handle import RunHandle
 from ._records import ChatRunEvent, ChatRunRecord
 from ._status import ChatRunStatus
@@ -30,6 +30,9 @@ from ._util import UNSET, NoPublicConstructor, Unset, check_optional_str
 __all__ = ["INTERRUPTED_FRAME_TYPE", "ChatRun", "RunState"]
 
 INTERRUPTED_FRAME_TYPE = "interrupted"
+
+_NO_BUDGET = 1 << 128
+"""``RunState.byte_budget`` without ``max_bytes_per_run``: more than any total."""
 """``frame["type"]`` of the last frame of a run that ends ``CANCELLED``."""
 
 
@@ -103,16 +106,16 @@ class RunState:
         # kept in ``sizes`` alongside the buffer and summed in ``bytes``; with
         # none, nothing is measured and the deque's maxlen trims by count.
         self.bytes = 0
-        self.byte_budget = config.max_bytes_per_run
         self.buffer = deque(maxlen=config.max_events_per_run)
+        # Without a per-run budget, a bound no total reaches: the push then
+        # compares two ints rather than testing for None first.
+        budget = config.max_bytes_per_run
+        self.byte_budget = _NO_BUDGET if budget is None else budget
         if config.measures_bytes:
             self.measure: Callable[[Any], int] | None = config.frame_size or default_frame_size
-            # Our own measure always returns an int >= 0: no need to check it.
-            self.measure_trusted = self.measure is default_frame_size
             self.sizes: deque[int] | None = deque(maxlen=config.max_events_per_run)
         else:
             self.measure = None
-            self.measure_trusted = True
             self.sizes = None
         self.fanout = Fanout(counters)
         # Entered by the producer task; None once the run is terminal, so a
@@ -181,13 +184,24 @@ class RunState:
         measure = self.measure
         # Measured before anything changes: a frame_size that raises refuses the push.
         if measure is not None and size is None:
-            size = measure(frame) if self.measure_trusted else checked_size(measure, frame)
+            size = measure(frame)
+            if size.__class__ is not int or size < 0:  # only an application's measure
+                size = checked_result(size)
 
         seq = self.latest_seq + 1
         event = ChatRunEvent(self.conversation_id, self.run_id, seq, time.time(), frame)
         self.buffer.append(event)  # type: ignore[attr-defined]  # a deque while active
         if measure is not None:
-            self._account(size)  # type: ignore[arg-type]  # measured above
+            # The byte accounting, inline (this is the hot path of a budgeted
+            # run): ``sizes`` has the buffer's maxlen, so when the append above
+            # trimmed the oldest event by count, this append drops its size.
+            sizes: deque[int] = self.sizes  # type: ignore[assignment]  # measuring
+            measured: int = size  # type: ignore[assignment]  # measured above
+            delta = measured - sizes[0] if len(sizes) == sizes.maxlen else measured
+            sizes.append(measured)
+            self.counters.buffered_bytes += delta
+            total = self.bytes + delta
+            self.bytes = self._trim_bytes(total) if total > self.byte_budget else total
         self.latest_seq = seq
         self.updated_at = trio.current_time()
         if current_tool is not UNSET:
@@ -219,29 +233,21 @@ class RunState:
             self.last_error = error
         self._set_status(new_status)
 
-    def _account(self, size: int) -> None:
-        """Count the frame just appended (``size`` bytes), then drop the oldest
-        frames while the buffer holds more than ``max_bytes_per_run`` (the
-        newest frame apart).
-
-        ``sizes`` has the buffer's ``maxlen``: when the append trimmed the
-        oldest event by count, appending here drops its size in step.
-        """
-        sizes: deque[int] = self.sizes  # type: ignore[assignment]  # measuring
-        delta = size - sizes[0] if len(sizes) == sizes.maxlen else size
-        sizes.append(size)
-        total = self.bytes + delta
-        counters = self.counters
-        counters.buffered_bytes += delta
+    def _trim_bytes(self, total: int) -> int:
+        """Drop the oldest frames while the buffer holds more than
+        ``max_bytes_per_run`` (``total`` bytes now; the newest frame is always
+        kept); return the bytes left."""
         budget = self.byte_budget
-        if budget is not None and total > budget:
-            buffer: deque[ChatRunEvent] = self.buffer  # type: ignore[assignment]
-            while total > budget and len(buffer) > 1:
-                buffer.popleft()
-                dropped = sizes.popleft()
-                total -= dropped
-                counters.buffered_bytes -= dropped
-        self.bytes = total
+        buffer: deque[ChatRunEvent] = self.buffer  # type: ignore[assignment]  # active
+        sizes: deque[int] = self.sizes  # type: ignore[assignment]  # measuring
+        dropped = 0
+        while total > budget and len(buffer) > 1:
+            buffer.popleft()
+            size = sizes.popleft()
+            total -= size
+            dropped += size
+        self.counters.buffered_bytes -= dropped
+        return total
 
     def _set_status(self, status: ChatRunStatus) -> None:
         if status.is_terminal:

@@ -49,6 +49,12 @@ class RunEndHooks:
         self._counters = counters
         self._pending: dict[str, deque[tuple[ChatRunRecord, Sequence[ChatRunEvent]]]] = {}
 
+    @property
+    def hook(self) -> RunEndHook:
+        """The ``on_run_end`` hook these calls make (read by the server to
+        check that its history is wired to the registry)."""
+        return self._hook
+
     def schedule(self, record: ChatRunRecord, events: Sequence[ChatRunEvent]) -> None:
         """Queue the hook call for a run that just ended."""
         conversation_id = record.conversation_id

@@ -123,3 +123,21 @@ async def test_a_store_down_when_resolving_is_503():
     server = ServerState(_Unreachable(None), ScriptedModel())
     refusal = await resolve_stream(server, "c", Cursor(run_id=None, after=0), False)
     assert refusal == StreamRefusal(503, "Redis is unavailable for get: down")
+
+
+async def test_each_backend_reports_the_hook_its_registry_was_opened_with(redis_url):
+    coredis = pytest.importorskip("coredis")
+    from trio_chatruns.redis import open_redis_chat_runs
+    from trio_chatruns.server.redis_backend import RedisBackend
+
+    async def hook(record, events):
+        pass
+
+    async with open_chat_run_registry() as bare, open_chat_run_registry(on_run_end=hook) as hooked:
+        assert MemoryBackend(bare).on_run_end is None
+        assert MemoryBackend(hooked).on_run_end is hook
+    async with coredis.Redis.from_url(redis_url) as client:
+        async with open_redis_chat_runs(client) as bare:
+            assert RedisBackend(bare).on_run_end is None
+        async with open_redis_chat_runs(client, on_run_end=hook) as hooked:
+            assert RedisBackend(hooked).on_run_end is hook

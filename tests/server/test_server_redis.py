@@ -137,7 +137,9 @@ async def test_start_policies_are_passed_to_the_backend(start_server, redis_url)
         queued_id = answer.json()["run_id"]
         assert (await client.get("/v1/chat/runs/p")).json()["status"] == "running"
         # "interrupt" cancels the queued run and queues this one behind the interrupted run.
-        answer = await client.post("/v1/chat/runs/p", json={"prompt": "z", "if_active": "interrupt"})
+        answer = await client.post(
+            "/v1/chat/runs/p", json={"prompt": "z", "if_active": "interrupt"}
+        )
         assert answer.status_code == 202, answer.text
         assert answer.json()["run_id"] != queued_id
 

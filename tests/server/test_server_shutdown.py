@@ -102,28 +102,39 @@ async def test_cli_exits_cleanly_on_signal(signum, sse):
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    stderr = bytearray()
+    serving = trio.Event()
+
+    async def drain_stderr():
+        # Read the child's log until it closes stderr: a child writing to a
+        # full pipe nobody reads would block (and never exit).
+        while chunk := await process.stderr.receive_some():
+            stderr.extend(chunk)
+            if b"serving on " in stderr:
+                serving.set()
+        serving.set()  # the child is gone: the test reads why from its log
+
     try:
-        url = None
-        buffer = b""
-        with trio.fail_after(15):
-            while url is None:
-                chunk = await process.stderr.receive_some()
-                assert chunk, buffer.decode()
-                buffer += chunk
-                for line in buffer.decode().splitlines():
-                    if "serving on " in line:
-                        url = line.split("serving on ")[1].split()[0]
-        async with httpx.AsyncClient(base_url=url) as client:
-            assert (await client.post("/v1/chat/runs/sig", json={"prompt": "p"})).status_code == 202
-            async with client.stream("GET", "/v1/chat/runs/sig/stream") as response:
-                process.send_signal(signum)
-                with trio.fail_after(5):
-                    messages = [m async for m in sse(response)]
-        assert messages[-1].event == "end"
-        assert messages[-1].json()["status"] == "cancelled"
-        with trio.fail_after(5):
-            code = await process.wait()
-        assert code == 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain_stderr)
+            with trio.fail_after(15):
+                await serving.wait()
+            assert b"serving on " in stderr, stderr.decode()
+            url = stderr.decode().split("serving on ")[1].split()[0]
+            async with httpx.AsyncClient(base_url=url) as client:
+                assert (
+                    await client.post("/v1/chat/runs/sig", json={"prompt": "p"})
+                ).status_code == 202
+                async with client.stream("GET", "/v1/chat/runs/sig/stream") as response:
+                    process.send_signal(signum)
+                    with trio.fail_after(5):
+                        messages = [m async for m in sse(response)]
+            assert messages[-1].event == "end", stderr.decode()
+            assert messages[-1].json()["status"] == "cancelled"
+            with trio.fail_after(5):
+                code = await process.wait()
+            assert code == 0, stderr.decode()
+            # the drain task ends with the child's stderr
     finally:
         if process.returncode is None:
             process.kill()

@@ -29,6 +29,7 @@ from .._counters import Counters
 from .._exceptions import ReplayGap, RunAlreadyActive, RunNotFound, RunQueueFull
 from .._producer import Producer
 from .._records import ChatRunEvent, ChatRunRecord, RegistryStats
+from .._run_end import RunEndHook
 from .._status import ChatRunStatus, StartPolicy
 from .._util import (
     UNSET,
@@ -112,6 +113,11 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
         self._followers: dict[str, Follower] = {}
         self._counters = counters
         self._closed = False
+
+    def _run_end_hook(self) -> RunEndHook | None:
+        """Internal (for ``trio_chatruns.server``, not in the public API): the
+        ``on_run_end`` hook this backend was opened with; ``None`` if none."""
+        return None if self._hooks is None else self._hooks.hook
 
     def __repr__(self) -> str:
         return (

@@ -9,8 +9,11 @@ Redis outage: they log, back off and go on.
 from __future__ import annotations
 
 import logging
+import math
+import sys
 from collections.abc import Callable, Mapping
 
+import anyio
 import trio
 
 from ._codec import text
@@ -18,6 +21,9 @@ from ._errors import TRANSIENT_ERRORS, describe
 from ._keys import KeyLayout
 from ._owned import OwnedRun
 from ._store import RedisStore
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["listen_interrupts", "renew_leases"]
 
@@ -30,6 +36,23 @@ RenewedCallback = Callable[[OwnedRun, "str | None", bool, str], None]
 MessageCallback = Callable[[str, str, str], None]
 """``(kind, conversation_id, run_id)``: kind ``i`` interrupt, ``s`` started,
 ``c``/``f`` ended cancelled/failed by another worker."""
+
+
+_TEARDOWN_ERRORS = (trio.Cancelled, anyio.ClosedResourceError, anyio.BrokenResourceError)
+
+
+def _cancelled_teardown(exc: BaseException) -> bool:
+    """Whether ``exc`` is only the noise of a pub/sub torn down by a
+    cancellation of this task: Cancelled, or coredis failing to unsubscribe
+    on a connection its own cancelled task already closed
+    (``ClosedResourceError``), possibly grouped. Only while this task is
+    cancelled (Trio's ``current_effective_deadline()`` is ``-inf``)."""
+    if trio.current_effective_deadline() != -math.inf:
+        return False
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(_TEARDOWN_ERRORS + TRANSIENT_ERRORS)
+        return rest is None
+    return isinstance(exc, _TEARDOWN_ERRORS + TRANSIENT_ERRORS)
 
 
 async def renew_leases(
@@ -86,9 +109,17 @@ async def listen_interrupts(
                     data = text(message["data"])
                     conversation_id, run_id = KeyLayout.split_member(data[1:])
                     on_message(data[:1], conversation_id, run_id)
-        except TRANSIENT_ERRORS as exc:
-            if not started:
+        except BaseException as exc:
+            if _cancelled_teardown(exc):
+                # Cancelled (a hard stop): coredis's pub/sub teardown may
+                # fail on its closed connection; the cancellation is what
+                # propagates, raised afresh below (level-triggered).
+                pass
+            elif isinstance(exc, TRANSIENT_ERRORS) and started:
+                logger.warning("interrupt channel lost (%s); reconnecting", describe(exc))
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            else:
                 raise
-            logger.warning("interrupt channel lost (%s); reconnecting", describe(exc))
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+        await trio.lowlevel.checkpoint()  # raises Cancelled

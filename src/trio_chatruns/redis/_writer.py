@@ -104,6 +104,21 @@ async def write_run(
             backoff = _BACKOFF_FIRST
             del state.pending[: len(batch)]
             counters.frames_pushed += len(batch)
+            if not ok and ending and status_held == ChatRunStatus.CANCELLED.value:
+                # Ended here and, first, cancelled by another worker: the owner
+                # interrupted a queued run that another worker's "interrupt"
+                # start cancelled, its message not yet here. That worker
+                # wrote the end and does its duties; nothing was lost. (A
+                # lapsed lease ends a run failed: that still logs an error.)
+                state.ended_elsewhere = True
+                state.pending.clear()
+                logger.debug(
+                    "run %s (conversation %r): its end (%s) was already written by another worker",
+                    state.run_id,
+                    state.conversation_id,
+                    status_held,
+                )
+                return
             if not ok:
                 # Another worker ended it (our lease lapsed), it was replaced,
                 # or Redis lost it.

@@ -75,9 +75,12 @@ def _check_redis_url(instance: Any, attribute: Any, value: str | None) -> None:
         or not value.startswith(_REDIS_SCHEMES)
         or value in _REDIS_SCHEMES
     ):
+        shown = value
+        if isinstance(value, str) and "@" in value:  # never echo a password
+            shown = "***@" + value.rpartition("@")[2]
         raise ValueError(
             f"redis must be a URL such as redis://127.0.0.1:6379/0 "
-            f"(redis://, rediss:// or unix://), not {value!r}"
+            f"(redis://, rediss:// or unix://), not {shown!r}"
         )
 
 

@@ -31,8 +31,7 @@ __all__ = ["MemoryBackend", "registry_hook"]
 
 def registry_hook(registry: ChatRunRegistry) -> RunEndHook | None:
     """The ``on_run_end`` hook ``registry`` was opened with (``None``: none)."""
-    hooks = getattr(registry, "_hooks", None)
-    return getattr(hooks, "_hook", None)
+    return registry._run_end_hook()
 
 
 class MemoryBackend:

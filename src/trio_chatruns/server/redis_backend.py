@@ -148,8 +148,7 @@ class RedisBackend:
 
     @property
     def on_run_end(self) -> RunEndHook | None:
-        hooks = getattr(self.runs, "_hooks", None)
-        return getattr(hooks, "_hook", None)
+        return self.runs._run_end_hook()
 
     def _prune_here(self) -> None:
         ended = [run_id for run_id, run in self._here.items() if run.record.status.is_terminal]

@@ -1,0 +1,24 @@
+"""``--redis`` URL checking: a bad URL is refused by name, never with its password."""
+
+from __future__ import annotations
+
+import pytest
+
+from trio_chatruns.server.config import ServerSettings
+
+
+@pytest.mark.parametrize(
+    "url", ["redis:/:hunter2@db.internal:6379", "http://u:hunter2@db.internal"]
+)
+def test_a_malformed_redis_url_is_refused_without_its_password(url: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        ServerSettings(redis=url)
+    message = str(caught.value)
+    assert "hunter2" not in message
+    assert "db.internal" in message and "redis://" in message
+
+
+@pytest.mark.parametrize("url", ["localhost:6379", "redis://", ""])
+def test_a_malformed_redis_url_is_named(url: str) -> None:
+    with pytest.raises(ValueError, match="redis must be a URL"):
+        ServerSettings(redis=url)

@@ -1,0 +1,251 @@
+"""Rules pinned at their edge after the complete mutation run of the core
+(``nox -s mutate``, docs/testing.md): each test states one documented rule
+that no other test checked exactly. Time is Trio's MockClock (``autojump_clock``)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+
+from trio_chatruns import ChatRunStatus, RegistryConfig, RunQueueFull, open_chat_run_registry
+
+from helpers import park
+
+
+def sized(frame: dict[str, int]) -> int:
+    """A ``frame_size`` the test chooses: each frame says its own size."""
+    return frame["bytes"]
+
+
+async def test_a_run_evicted_by_ttl_gives_its_bytes_back_to_the_retained_budget(autojump_clock):
+    """``max_retained_bytes`` counts the terminal runs held now: once a run's
+    retention runs out, its bytes no longer count against the newer runs."""
+    config = RegistryConfig(terminal_retention=10, max_retained_bytes=100, frame_size=sized)
+    async with open_chat_run_registry(config) as registry:
+        run = registry.try_start("a", park)
+        run.push_frame({"bytes": 60}, status=ChatRunStatus.COMPLETED)
+        await trio.sleep(11)  # "a" is past its retention
+        for conversation_id in ("b", "c"):  # 40 + 40 fit in 100; 60 + 40 + 40 would not
+            run = registry.try_start(conversation_id, park)
+            run.push_frame({"bytes": 40}, status=ChatRunStatus.COMPLETED)
+        stats = registry.stats()
+        assert (stats.evicted_ttl, stats.evicted_bytes) == (1, 0)
+        assert stats.retained_terminal == 2
+        assert stats.buffered_bytes == 80
+        assert registry.get("b") is not None and registry.get("c") is not None
+
+
+async def test_an_error_raised_by_the_body_keeps_its_own_context(autojump_clock):
+    """An exception leaving ``open_chat_run_registry``'s body propagates as
+    itself: its ``__context__`` (the error it was raised while handling, shown
+    as "During handling of the above exception...") is its own, not replaced
+    by the registry's exception group nor dropped."""
+    with pytest.raises(KeyError) as caught:
+        async with open_chat_run_registry():
+            try:
+                raise ValueError("first")
+            except ValueError:
+                raise KeyError("second")  # noqa: B904 - the implicit context is the point
+    assert isinstance(caught.value.__context__, ValueError)
+    assert str(caught.value.__context__) == "first"
+
+
+def ended(registry, conversation_id: str, size: int) -> None:
+    """A run of one frame of ``size`` bytes (as :func:`sized` measures it), completed."""
+    run = registry.try_start(conversation_id, park)
+    run.push_frame({"bytes": size}, status=ChatRunStatus.COMPLETED)
+
+
+# -- byte budgets at their edge: "more than" the budget, never "as much as" ------
+
+
+async def test_terminal_runs_totalling_exactly_the_retained_budget_are_all_kept(autojump_clock):
+    """``max_retained_bytes``: runs are evicted *while they total more than* it."""
+    config = RegistryConfig(max_retained_bytes=100, frame_size=sized)
+    async with open_chat_run_registry(config) as registry:
+        ended(registry, "a", 60)
+        ended(registry, "b", 40)  # 100 bytes: at the budget, not over it
+        stats = registry.stats()
+        assert (stats.retained_terminal, stats.evicted_bytes, stats.buffered_bytes) == (2, 0, 100)
+        ended(registry, "c", 1)  # 101: the oldest-ended run goes
+        stats = registry.stats()
+        assert (stats.retained_terminal, stats.evicted_bytes, stats.buffered_bytes) == (2, 1, 41)
+        assert registry.get("a") is None
+    # The same edge when a sweep runs for another reason (here the LRU cap).
+    config = RegistryConfig(max_retained_terminal=2, max_retained_bytes=100, frame_size=sized)
+    async with open_chat_run_registry(config) as registry:
+        ended(registry, "a", 10)
+        ended(registry, "b", 50)
+        ended(registry, "c", 50)  # "a" goes by the cap, leaving exactly 100 bytes
+        stats = registry.stats()
+        assert (stats.evicted_lru, stats.evicted_bytes, stats.retained_terminal) == (1, 0, 2)
+
+
+async def test_a_run_evicted_by_the_lru_cap_gives_its_bytes_back(autojump_clock):
+    """A run evicted by ``max_retained_terminal`` no longer counts against
+    ``max_retained_bytes``: the runs left are judged by their own bytes."""
+    config = RegistryConfig(max_retained_terminal=2, max_retained_bytes=100, frame_size=sized)
+    async with open_chat_run_registry(config) as registry:
+        ended(registry, "a", 80)
+        ended(registry, "b", 10)
+        ended(registry, "c", 10)  # three runs: "a" goes by the cap; 20 bytes are left
+        ended(registry, "b", 85)  # "b" replaced: 10 + 85 = 95 bytes, within the budget
+        stats = registry.stats()
+        assert (stats.evicted_lru, stats.evicted_bytes) == (1, 0)
+        assert stats.retained_terminal == 2
+        assert stats.buffered_bytes == 95
+        assert registry.get("c") is not None
+
+
+async def test_a_replaced_terminal_run_gives_its_bytes_back(autojump_clock):
+    """Starting a new run for a conversation replaces its terminal run: the old
+    run's bytes leave ``max_retained_bytes`` with it."""
+    config = RegistryConfig(max_retained_bytes=100, frame_size=sized)
+    async with open_chat_run_registry(config) as registry:
+        ended(registry, "a", 70)
+        ended(registry, "b", 20)
+        ended(registry, "a", 50)  # "a" replaced: 20 + 50 = 70 bytes
+        stats = registry.stats()
+        assert (stats.evicted_bytes, stats.retained_terminal, stats.buffered_bytes) == (0, 2, 70)
+        assert registry.get("b") is not None
+
+
+async def test_a_run_buffer_of_exactly_max_bytes_per_run_keeps_every_frame(autojump_clock):
+    """``max_bytes_per_run``: the oldest frames are dropped *while they total
+    more than* the budget, so trimming stops at exactly the budget."""
+    config = RegistryConfig(max_bytes_per_run=10, frame_size=len)
+    async with open_chat_run_registry(config) as registry:
+        run = registry.try_start("c", park)
+        run.push_frame("aaaa")
+        run.push_frame("bbbbbb")  # 4 + 6 = 10: both kept
+        assert [event.seq for event in registry.events("c")] == [1, 2]
+        run.push_frame("cccc")  # 14: "aaaa" goes, leaving exactly 10
+        assert [event.frame for event in registry.events("c")] == ["bbbbbb", "cccc"]
+        assert registry.stats().buffered_bytes == 10
+        run.interrupt()
+
+
+async def test_a_frame_size_may_return_an_int_subclass(autojump_clock):
+    """``frame_size`` must return an int of bytes: an ``int`` subclass (an
+    ``IntEnum``, a NumPy-style integer) is one, and counts as its value."""
+
+    class Bytes(int):
+        pass
+
+    config = RegistryConfig(max_bytes_per_run=10, frame_size=lambda frame: Bytes(len(frame)))
+    async with open_chat_run_registry(config) as registry:
+        run = registry.try_start("c", park)
+        run.push_frame("abc")
+        run.push_frame("defgh")
+        assert registry.stats().buffered_bytes == 8
+        run.push_frame("ijk")  # 11 > 10: the first frame goes
+        assert [event.frame for event in registry.events("c")] == ["defgh", "ijk"]
+        run.interrupt()
+
+
+# -- errors name what was refused ---------------------------------------------
+
+
+async def test_run_queue_full_says_which_conversation_and_which_limit(autojump_clock):
+    config = RegistryConfig(max_queued_per_conversation=1)
+    async with open_chat_run_registry(config) as registry:
+        run = registry.try_start("chat-7", park)
+        registry.try_start("chat-7", park, if_active="enqueue")
+        with pytest.raises(RunQueueFull) as caught:
+            registry.try_start("chat-7", park, if_active="enqueue")
+        message = str(caught.value)
+        assert "'chat-7'" in message
+        assert "max_queued_per_conversation=1" in message
+        run.interrupt()
+
+
+async def test_an_unknown_start_policy_names_the_choices(autojump_clock):
+    async with open_chat_run_registry() as registry:
+        with pytest.raises(ValueError) as caught:
+            registry.try_start("c", park, if_active="replace")
+        assert str(caught.value) == (
+            "unknown start policy if_active='replace'; "
+            "expected one of 'reject', 'interrupt', 'enqueue'"
+        )
+        assert registry.get("c") is None
+
+
+async def test_a_run_repr_names_the_run_its_conversation_status_and_latest_seq(autojump_clock):
+    async with open_chat_run_registry() as registry:
+        run = registry.try_start("chat-7", park)
+        run.push_frame({"n": 1})
+        text = repr(run)
+        assert text.startswith(f"<ChatRun {run.run_id} ")
+        assert "conversation='chat-7'" in text
+        assert "status=running" in text
+        assert "latest_seq=1" in text
+        run.interrupt()
+
+
+# -- the run-end hook's failures: logged once, naming the run and why ------------
+
+
+def hook_errors(caplog) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "trio_chatruns" and record.levelno == logging.ERROR
+    ]
+
+
+async def test_a_raising_hook_is_logged_naming_the_run_and_conversation(autojump_clock, caplog):
+    async def hook(record, events) -> None:
+        raise ValueError("disk full")
+
+    async with open_chat_run_registry(on_run_end=hook) as registry:
+        run = registry.try_start("chat-7", park)
+        run.update("completed")
+    assert hook_errors(caplog) == [
+        f"on_run_end hook for run {run.run_id} (conversation 'chat-7') raised"
+    ]
+
+
+async def test_a_hung_hook_is_logged_naming_the_run_conversation_and_timeout(
+    autojump_clock, caplog
+):
+    async def hook(record, events) -> None:
+        await trio.sleep_forever()
+
+    config = RegistryConfig(run_end_timeout=7)
+    async with open_chat_run_registry(config, on_run_end=hook) as registry:
+        run = registry.try_start("chat-7", park)
+        run.update("completed")
+    assert hook_errors(caplog) == [
+        f"on_run_end hook for run {run.run_id} (conversation 'chat-7') timed out after 7.0 s"
+    ]
+
+
+async def test_a_hook_that_fails_as_its_deadline_cancels_it_counts_as_one_failure(
+    autojump_clock, caplog
+):
+    """``run_end_failures`` counts *calls* that raised or timed out: a call
+    that does both (a task of the hook raises while the deadline cancels it)
+    is one failure, logged once as raised."""
+
+    async def hook(record, events) -> None:
+        async def fails_when_cancelled() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise ValueError("cleanup failed")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fails_when_cancelled)
+            await trio.sleep_forever()
+
+    config = RegistryConfig(run_end_timeout=7)
+    async with open_chat_run_registry(config, on_run_end=hook) as registry:
+        run = registry.try_start("chat-7", park)
+        run.update("completed")
+        await trio.sleep(20)
+        assert registry.stats().run_end_failures == 1
+    assert hook_errors(caplog) == [
+        f"on_run_end hook for run {run.run_id} (conversation 'chat-7') raised"
+    ]
