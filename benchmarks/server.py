@@ -117,7 +117,7 @@ class Server:
             cwd=_ROOT,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=660,
         )
         if out.returncode:
             raise RuntimeError(f"{self.side} {workload} {args}: {out.stderr[-2000:]}")

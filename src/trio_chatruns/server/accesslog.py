@@ -15,6 +15,14 @@ a stream counts for as long as it is open), then
   template (``/v1/chat/runs/{conversation_id}``, never the raw path, so the
   label set stays bounded; ``unmatched`` for a 404 on an unknown path).
 
+The streams write their bodies past the layers inside this one: for an HTTP
+request it puts :data:`BODY_SEND` in the scope, a ``send`` for
+``http.response.body`` messages that counts the bytes and goes straight to
+the ``send`` this middleware was given. A stream sends its
+``http.response.start`` through the whole stack (security headers, CORS),
+then each body chunk through :data:`BODY_SEND`, so a chunk costs one layer
+instead of six (the layers inside only ever look at the start message).
+
 A WebSocket session is logged with method ``WEBSOCKET`` and status ``101``
 once accepted (the bytes are those of the messages sent), or the status of
 its refusal. An exception escaping the app is logged as ``500`` and goes on;
@@ -30,14 +38,27 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from .state import ServerState
 
-__all__ = ["AccessLogMiddleware", "access_logger"]
+__all__ = ["BODY_SEND", "AccessLogMiddleware", "access_logger"]
 
 access_logger = logging.getLogger("trio_chatruns.access")
 """Where the access log goes: one INFO record per request or WebSocket session."""
+
+BODY_SEND = "trio_chatruns.body_send"
+"""Scope key of the body ``send`` of an HTTP request (see the module docstring).
+
+Only for ``http.response.body`` messages, and only once ``http.response.start``
+went through the scope's own ``send``: the middleware between this one and the
+endpoint (``SecurityHeaders``, ``CrossSiteGuard``, ``CORSMiddleware``,
+``ApiKeyAuth``, Starlette's exception wrappers) reads and changes the start
+message only, so a body skips them and nothing they check or add is lost.
+Absent when the app runs without :class:`AccessLogMiddleware`: use the
+scope's ``send`` then."""
 
 
 class AccessLogMiddleware:
@@ -72,6 +93,15 @@ class AccessLogMiddleware:
                 status = 403  # closed before the handshake: the server answers 403
             await send(message)
 
+        if kind == "http":
+
+            def body_send(message: Message) -> Awaitable[None]:
+                # A plain function: no coroutine of its own per chunk.
+                nonlocal sent
+                sent += len(message.get("body", b""))
+                return send(message)
+
+            scope[BODY_SEND] = body_send
         try:
             await self.app(scope, receive, observe)
         except BaseException:

@@ -10,9 +10,10 @@ timeout does not help (it cancels, and the shield absorbs that too), and the
 stream holding the connection keeps its subscription, its stream slot, its
 socket and whatever run it pins in memory.
 
-What does end the write is a cancel scope *inside* the shield. This module
-gives hypercorn's ``TCPServer`` such a scope with a deadline
-(:class:`WriteDeadlines`, ``--send-timeout``): a write that has not finished
+What does end the write is the shielded scope's *own* deadline (a shield
+blocks cancellation from outside a scope, not the scope's own). This module
+gives hypercorn's ``TCPServer`` one such scope per write, shielded and with a
+deadline (:class:`WriteDeadlines`, ``--send-timeout``): a write that has not finished
 by then is abandoned and the connection is closed — as it must be, since a
 half-written message leaves the byte stream unusable. Closing the socket wakes
 hypercorn's reader, the application gets its ``http.disconnect`` /
@@ -31,8 +32,10 @@ exactly as before). The supported hypercorn versions are pinned in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 from typing import Any
 
 import hypercorn
@@ -66,9 +69,12 @@ class WriteDeadlines:
         """Connections closed because a write did not finish in time."""
 
     def write_scope(self) -> trio.CancelScope:
-        """A cancel scope bounding one write; enter it inside hypercorn's shield,
-        and :meth:`done` it after."""
-        scope = trio.CancelScope(deadline=min(trio.current_time() + self.send_timeout, self._cap))
+        """A shielded cancel scope bounding one write: outer cancellation cannot
+        interrupt the write (as hypercorn's own shield), its deadline can.
+        :meth:`done` it after."""
+        scope = trio.CancelScope(
+            deadline=min(trio.current_time() + self.send_timeout, self._cap), shield=True
+        )
         self._writes.add(scope)
         return scope
 
@@ -97,7 +103,9 @@ class DeadlineTCPServer(TCPServer):
     """Hypercorn's ``TCPServer`` whose socket writes end by a deadline.
 
     Only the raw-data branch of ``protocol_send`` differs, and only when the
-    config carries a :class:`WriteDeadlines` (attribute ``write_deadlines``).
+    config carries a :class:`WriteDeadlines` (attribute ``write_deadlines``):
+    what the socket takes at once is written without waiting (no cancel scope
+    per write), the rest under the deadline.
     """
 
     async def protocol_send(self, event: Any) -> None:
@@ -105,27 +113,78 @@ class DeadlineTCPServer(TCPServer):
         if deadlines is None or not isinstance(event, RawData):
             await super().protocol_send(event)
             return
-        async with self.send_lock:
-            closed = False
-            try:
-                with trio.CancelScope(shield=True):
-                    write = deadlines.write_scope()
-                    try:
-                        with write:
-                            await self.stream.send_all(event.data)
-                    finally:
-                        deadlines.done(write)
-                    if write.cancelled_caught:
-                        # Part of the data may be on the wire: the connection is
-                        # unusable. Closing the socket also wakes the reader.
-                        closed = True
-                        deadlines.closed_connections += 1
-                        logger.debug("closing a connection: a write did not finish in time")
-                        await self.stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+        lock = self.send_lock
+        try:
+            # A free lock is taken without a checkpoint: the write below is
+            # shielded anyway, so a checkpoint here only costs a scheduling round.
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        closed = False
+        try:
+            data = event.data
+            written = self._write_now(data)
+            if written < 0:
                 closed = True
-            if closed:
-                await self.protocol.handle(Closed())
+            elif written < len(data):
+                closed = await self._write_rest(deadlines, memoryview(data)[written:])
+            else:
+                # Written at once: still one scheduling round, as Trio's own
+                # send does, so the connection's reader runs before what the
+                # application does next (closing it, say) and no request
+                # bytes are left unread when it closes.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            lock.release()
+        if closed:
+            await self.protocol.handle(Closed())
+
+    def _write_now(self, data: bytes) -> int:
+        """Write what the socket takes now, without waiting: the bytes written,
+        or ``-1`` when the connection is closed or broken. Synchronous.
+
+        Most writes of a healthy stream fit in the socket's send buffer; this
+        writes them with no cancel scope and none of the coroutines of
+        ``SocketStream.send_all``. Only a plain TCP stream is
+        written directly (never TLS); anything else gets ``0`` (all of it is
+        left to :meth:`_write_rest`).
+        """
+        stream: Any = self.stream  # typed SSLStream by hypercorn; plain TCP is a SocketStream
+        if not data or type(stream) is not trio.SocketStream:
+            return 0
+        try:
+            # The socket is non-blocking (Trio's); a closed one has fileno -1.
+            return os.write(stream.socket.fileno(), data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            return -1
+
+    async def _write_rest(self, deadlines: WriteDeadlines, rest: memoryview) -> bool:
+        """Write ``rest`` by the deadline; ``True`` when the connection is closed after."""
+        # hypercorn's shield and the write deadline are one scope: shielded
+        # from outer cancellation, cancelled by its own deadline (or by
+        # WriteDeadlines.cut).
+        write = deadlines.write_scope()
+        try:
+            with write:
+                await self.stream.send_all(rest)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return True
+        finally:
+            deadlines.done(write)
+        if not write.cancelled_caught:
+            return False
+        # Part of the data may be on the wire: the connection is unusable.
+        # Closing the socket also wakes the reader.
+        deadlines.closed_connections += 1
+        logger.debug("closing a connection: a write did not finish in time")
+        with (
+            trio.CancelScope(shield=True),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await self.stream.aclose()
+        return True
 
 
 def install() -> None:

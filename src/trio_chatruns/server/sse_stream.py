@@ -17,6 +17,7 @@ import attrs
 import trio
 from starlette.responses import Response
 
+from .accesslog import BODY_SEND
 from .sse import (
     Cursor,
     JSONResponse,
@@ -30,6 +31,8 @@ from .streams import StreamRefusal, pump, resolve_stream
 from .wire import sse_event
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from starlette.types import Receive, Scope, Send
 
     from .. import ChatRunEvent, ChatRunRecord
@@ -42,10 +45,14 @@ RETRY_AFTER_SECONDS = 1
 
 
 class _SSESink:
-    """SSE messages as bytes; :meth:`send` writes a batch as one body chunk."""
+    """SSE messages as bytes; :meth:`send` writes a batch as one body chunk,
+    the final batch as the body's last one."""
 
-    def __init__(self, send: Send, retry_ms: int) -> None:
+    def __init__(self, send: Send, retry_ms: int, before_final: Callable[[], None]) -> None:
         self._send = send
+        self._before_final = before_final
+        self.ended = False
+        """The final batch was sent: the body is complete."""
         # Sent inside the first message's block: a block holding only
         # ``retry:`` is an event with empty data to some clients (httpx-sse).
         self._retry: bytes | None = b"retry: %d\n" % retry_ms
@@ -72,13 +79,17 @@ class _SSESink:
         return encode_sse(to_json(data), event="lagged", id=format_cursor(run_id, resume_after))
 
     async def send(self, messages: list[bytes], *, final: bool) -> None:
-        # Even the final batch keeps the body open: the body is ended outside
-        # the nursery, since ending it makes hypercorn report a disconnect,
-        # whose watcher would otherwise cancel this task inside hypercorn.
         body = b"".join(messages)
         if self._retry is not None and messages[0] is not _PING:
             body, self._retry = self._retry + body, None
-        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        if final:
+            # The final batch ends the body, which makes hypercorn report a
+            # disconnect: the watcher stops first, so it cannot cancel this
+            # task inside hypercorn.
+            self._before_final()
+        await self._send({"type": "http.response.body", "body": body, "more_body": not final})
+        if final:
+            self.ended = True
 
 
 _PING = encode_comment("ping")
@@ -130,7 +141,11 @@ class SSEStream:
             )
             await response(scope, receive, send)
             return
-        sink = _SSESink(send, server.settings.sse_retry_ms)
+        # Headers go through every middleware; body chunks skip the layers
+        # that only touch headers (accesslog.BODY_SEND).
+        body_send: Send = scope.get(BODY_SEND, send)
+        watching = trio.CancelScope()
+        sink = _SSESink(body_send, server.settings.sse_retry_ms, watching.cancel)
         disconnected = False
         with server.track_stream(plan) as drop_scope:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
@@ -138,15 +153,18 @@ class SSEStream:
 
                 async def watch_disconnect() -> None:
                     nonlocal disconnected
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    disconnected = True
-                    nursery.cancel_scope.cancel()
+                    with watching:
+                        while (await receive())["type"] != "http.disconnect":
+                            pass
+                        disconnected = True
+                        if not watching.cancel_called:
+                            nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch_disconnect)
                 with drop_scope:
                     # This task writes the response: pump sends each batch itself.
                     await pump(server, plan, sink)
-                nursery.cancel_scope.cancel()  # done: stop watching for a disconnect
-        if not disconnected:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                watching.cancel()  # done (or dropped): stop watching for a disconnect
+        if not (disconnected or sink.ended):
+            # Dropped (disconnect_streams): end the body as it stands.
+            await body_send({"type": "http.response.body", "body": b"", "more_body": False})

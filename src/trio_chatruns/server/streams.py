@@ -247,7 +247,8 @@ async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> No
 async def _deliver(
     subscription: StreamSubscription, sink: StreamSink[M], out: list[M], heartbeat: float
 ) -> None:
-    """Send ``subscription``'s events until it ends; ``out`` holds what is not sent yet."""
+    """Send ``subscription``'s events until it ends; ``out`` holds what is not sent yet
+    (on return: the last batch, which ``pump`` sends with the ``end`` message)."""
     deadline = trio.current_time() + heartbeat
     try:
         while True:
@@ -256,9 +257,10 @@ async def _deliver(
                     out.append(sink.event(await subscription.__anext__()))
                 if wait.cancelled_caught:
                     out.append(sink.ping())
-            # Events already queued come out of the subscription without a
-            # checkpoint, so nothing is pushed meanwhile and this count holds.
-            ready = subscription.record.latest_seq - subscription.last_seq
+            # Every event counted here is queued on the subscription already,
+            # so taking them never waits.
+            record = subscription.record
+            ready = record.latest_seq - subscription.last_seq
             size = 0
             for _ in range(min(ready, MAX_BATCH - len(out))):
                 message = sink.event(await subscription.__anext__())
@@ -266,6 +268,10 @@ async def _deliver(
                 size += len(message)
                 if size >= MAX_BATCH_BYTES:
                     break
+            if record.status.is_terminal and subscription.last_seq == record.latest_seq:
+                # The run's last frame is in ``out``: the subscription has no
+                # more, so ``pump`` sends it with ``end``, in one final write.
+                return
             await sink.send(out, final=False)
             out.clear()
             deadline = trio.current_time() + heartbeat
