@@ -4,7 +4,9 @@ docs/testing.md): each test states one documented rule at its edge."""
 from __future__ import annotations
 
 import json
+import logging
 
+import httpx
 import trio
 
 
@@ -27,3 +29,46 @@ async def test_a_content_length_too_long_to_be_a_size_is_a_400_naming_it(start_s
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     body = answer.split(b"\r\n\r\n", 1)[1]
     assert json.loads(body) == {"error": "invalid Content-Length"}
+
+
+class _Waits:
+    """A model that pushes one frame and stays active until interrupted."""
+
+    async def __call__(self, run, request):
+        run.push_frame({"type": "token", "text": "…"})
+        await trio.sleep_forever()
+
+
+def _cut_records(caplog):
+    messages = [r.getMessage() for r in caplog.records if r.name == "trio_chatruns.server"]
+    return [message for message in messages if message.startswith("shutdown: cut")]
+
+
+async def test_step_2_of_a_shutdown_logs_how_many_streams_it_cut(start_server, sse, caplog):
+    """``disconnect_streams`` while closing logs ``shutdown: cut N stream(s) still open``
+    (docs/server.md, "Logs": step 2 of a shutdown); cutting streams on demand, or
+    cutting none, logs nothing."""
+    caplog.set_level(logging.INFO, logger="trio_chatruns.server")
+    running = await start_server(model=_Waits())
+    server = running.server
+    async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+        (await client.post("/v1/chat/runs/a", json={"prompt": "p"})).raise_for_status()
+        for step in ("on demand", "shutdown"):
+            async with client.stream("GET", "/v1/chat/runs/a/stream") as response:
+                assert response.status_code == 200
+                messages = sse(response)
+                with trio.fail_after(10):
+                    while (await messages.__anext__()).event != "message":
+                        pass  # until the run's first frame: the stream is open
+                if step == "shutdown":
+                    server.begin_shutdown()  # synchronous: the stream is still open
+                assert server.disconnect_streams() == 1
+                with trio.fail_after(10):
+                    assert [m.event async for m in messages] == []  # cut: no end message
+            with trio.fail_after(10):
+                await server.wait_streams_closed()
+            if step == "on demand":
+                assert _cut_records(caplog) == []
+        assert _cut_records(caplog) == ["shutdown: cut 1 stream(s) still open"]
+        assert server.disconnect_streams() == 0  # closing, nothing open: nothing logged
+    assert _cut_records(caplog) == ["shutdown: cut 1 stream(s) still open"]
