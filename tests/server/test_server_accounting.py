@@ -322,6 +322,7 @@ async def test_begin_shutdown_interrupts_every_active_run_and_says_how_many(star
                 async for _ in subscription:
                     pass
         assert running.server.begin_shutdown() == 2
+        assert running.server.begin_shutdown() == 0  # idempotent: nothing more to interrupt
     for cid in ("a", "b"):
         with trio.fail_after(10):
             async with registry.subscribe(cid) as subscription:
