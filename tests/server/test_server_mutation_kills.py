@@ -72,3 +72,21 @@ async def test_step_2_of_a_shutdown_logs_how_many_streams_it_cut(start_server, s
         assert _cut_records(caplog) == ["shutdown: cut 1 stream(s) still open"]
         assert server.disconnect_streams() == 0  # closing, nothing open: nothing logged
     assert _cut_records(caplog) == ["shutdown: cut 1 stream(s) still open"]
+
+
+async def test_a_shutdown_records_every_run_it_interrupted_queued_ones_included(
+    start_server, tmp_path
+):
+    """``begin_shutdown`` cancels the queued runs and interrupts the active one
+    (docs/server.md, "Shutdown", step 1); ``ChatServer.shutdown_runs`` names each
+    of them (``shutdown complete: N run(s) interrupted by the shutdown``)."""
+    running = await start_server(model=_Waits(), db=str(tmp_path / "h.db"))
+    async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+        answers = []
+        for policy in ("reject", "enqueue", "enqueue"):
+            answer = await client.post("/v1/chat/runs/q", json={"prompt": "p", "if_active": policy})
+            assert answer.status_code == 202, answer.text
+            answers.append(answer.json())
+    assert [answer["status"] for answer in answers] == ["running", "queued", "queued"]
+    assert running.server.begin_shutdown() == 3
+    assert running.server.shutdown_runs == {answer["run_id"] for answer in answers}
