@@ -9,6 +9,8 @@ import logging
 import httpx
 import trio
 
+from helpers import wait_until
+
 
 async def test_a_content_length_too_long_to_be_a_size_is_a_400_naming_it(start_server):
     """``_read_body``: a ``Content-Length`` of more than 18 digits (here 19) is a ``400``
@@ -90,3 +92,54 @@ async def test_a_shutdown_records_every_run_it_interrupted_queued_ones_included(
     assert [answer["status"] for answer in answers] == ["running", "queued", "queued"]
     assert running.server.begin_shutdown() == 3
     assert running.server.shutdown_runs == {answer["run_id"] for answer in answers}
+
+
+def _shutdown_records(caplog):
+    messages = [r.getMessage() for r in caplog.records if r.name == "trio_chatruns.server"]
+    return [message for message in messages if message.startswith("shutting down:")]
+
+
+async def test_the_shutdown_log_names_the_runs_streams_and_bodies_it_cut(start_server, sse, caplog):
+    """docs/server.md, "Logs": ``shutting down: interrupted N active run(s):
+    <conversation>/<run>, …; M stream(s) open, K request body(ies) cut``; with no
+    run to interrupt there is no list."""
+    caplog.set_level(logging.INFO, logger="trio_chatruns.server")
+    idle = await start_server(model=_Waits())
+    assert idle.server.begin_shutdown() == 0
+    assert _shutdown_records(caplog) == [
+        "shutting down: interrupted 0 active run(s); 0 stream(s) open, 0 request body(ies) cut"
+    ]
+    caplog.clear()
+
+    running = await start_server(model=_Waits(), body_timeout=30)
+    server = running.server
+    host, port = running.url.removeprefix("http://").rsplit(":", 1)
+    async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+        run_ids = {}
+        for cid in ("a", "b"):
+            answer = await client.post(f"/v1/chat/runs/{cid}", json={"prompt": "p"})
+            run_ids[cid] = answer.json()["run_id"]
+        async with (
+            client.stream("GET", "/v1/chat/runs/a/stream") as response,
+            await trio.open_tcp_stream(host, int(port)) as upload,
+        ):
+            messages = sse(response)
+            with trio.fail_after(10):
+                while (await messages.__anext__()).event != "message":
+                    pass  # the stream is open
+            await upload.send_all(  # a body still being received: 10 of 100 bytes
+                b"POST /v1/chat/runs/c HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
+            )
+            await wait_until(lambda: server.body_reads == 1)
+            assert server.begin_shutdown() == 2
+            with trio.fail_after(10):
+                assert [m.event async for m in messages][-1] == "end"
+    listed = [f"{cid}/{run_ids[cid]}" for cid in ("a", "b")]
+    assert _shutdown_records(caplog) in (
+        [
+            f"shutting down: interrupted 2 active run(s): {', '.join(order)}; "
+            "1 stream(s) open, 1 request body(ies) cut"
+        ]
+        for order in (listed, listed[::-1])
+    )
