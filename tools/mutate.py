@@ -86,8 +86,10 @@ GROUPS: dict[str, dict[str, Any]] = {
             "trio_chatruns.server.sse.x_encode_comment_*",
             # limits
             "trio_chatruns.server.routes.x__read_body_*",
-            "trio_chatruns.server.routes.x__after_*",
             "trio_chatruns.server.routes.x_too_many_*",
+            # the answer to a cursor (404, 204, 400 past latest_seq), shared by
+            # the streams and GET .../events
+            "trio_chatruns.server.streams.x_check_cursor_*",
             # stream accounting and refusals
             "trio_chatruns.server.streams.x_resolve_stream_*",
             "trio_chatruns.server.state.xǁServerStateǁstats_*",

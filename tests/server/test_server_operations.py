@@ -157,6 +157,7 @@ async def test_metrics_expose_registry_server_requests_and_failures(start_server
     assert sample(families, "trio_chatruns_streams_open") == 0
     assert sample(families, "trio_chatruns_model_failures_total", kind="reported") == 1
     assert sample(families, "trio_chatruns_model_failures_total", kind="exception") == 0
+    assert running.server.stats().run_failures == 1  # ServerStats, as GET /v1/stats reports it
     route = "/v1/chat/runs/{conversation_id}"
     assert (
         sample(

@@ -198,3 +198,5 @@ async def test_a_lagging_client_is_closed_and_resumes(start_server, sse):
     seqs = [m.json()["seq"] for m in seen if m.event == "message"]
     assert seqs == list(range(1, 91))
     assert running.server.registry.stats().lagged_subscribers >= 1
+    # ServerStats.streams_lagged: every stream closed with "lagged", each once.
+    assert running.server.stats().streams_lagged == sum(m.event == "lagged" for m in seen)
