@@ -135,6 +135,13 @@ async def test_the_shutdown_log_names_the_runs_streams_and_bodies_it_cut(start_s
             assert server.begin_shutdown() == 2
             with trio.fail_after(10):
                 assert [m.event async for m in messages][-1] == "end"
+                answer = b""
+                while not answer.endswith(b"}"):  # the cut body's answer
+                    chunk = await upload.receive_some()
+                    assert chunk, answer
+                    answer += chunk
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"error": "server is shutting down"}
     listed = [f"{cid}/{run_ids[cid]}" for cid in ("a", "b")]
     assert _shutdown_records(caplog) in (
         [
