@@ -7,6 +7,7 @@ import json
 import logging
 
 import httpx
+import pytest
 import trio
 
 from helpers import wait_until
@@ -76,13 +77,15 @@ async def test_step_2_of_a_shutdown_logs_how_many_streams_it_cut(start_server, s
     assert _cut_records(caplog) == ["shutdown: cut 1 stream(s) still open"]
 
 
+@pytest.mark.backends
 async def test_a_shutdown_records_every_run_it_interrupted_queued_ones_included(
-    start_server, tmp_path
+    start_server, backend_name, tmp_path
 ):
     """``begin_shutdown`` cancels the queued runs and interrupts the active one
     (docs/server.md, "Shutdown", step 1); ``ChatServer.shutdown_runs`` names each
     of them (``shutdown complete: N run(s) interrupted by the shutdown``)."""
-    running = await start_server(model=_Waits(), db=str(tmp_path / "h.db"))
+    history = {} if backend_name == "redis" else {"db": str(tmp_path / "h.db")}
+    running = await start_server(model=_Waits(), **history)
     async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
         answers = []
         for policy in ("reject", "enqueue", "enqueue"):
