@@ -20,5 +20,6 @@ def test_a_malformed_redis_url_is_refused_without_its_password(url: str) -> None
 
 @pytest.mark.parametrize("url", ["localhost:6379", "redis://", ""])
 def test_a_malformed_redis_url_is_named(url: str) -> None:
-    with pytest.raises(ValueError, match="redis must be a URL"):
+    with pytest.raises(ValueError, match="redis must be a URL") as caught:
         ServerSettings(redis=url)
+    assert str(caught.value).endswith(f"not {url!r}")  # the bad value itself
