@@ -153,3 +153,16 @@ async def test_the_shutdown_log_names_the_runs_streams_and_bodies_it_cut(start_s
         ]
         for order in (listed, listed[::-1])
     )
+
+
+async def test_a_cursor_naming_a_queued_run_is_answered_not_refused(start_server, tmp_path):
+    """``check_cursor``: a ``run_id`` that is a run queued behind the active one is
+    that run (the stream waits for it), not "a run that is over" (``204``)."""
+    running = await start_server(model=_Waits(), db=str(tmp_path / "h.db"))
+    async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+        (await client.post("/v1/chat/runs/q", json={"prompt": "p"})).raise_for_status()
+        queued = await client.post("/v1/chat/runs/q", json={"prompt": "p", "if_active": "enqueue"})
+        run_id = queued.json()["run_id"]
+        answer = await client.get(f"/v1/chat/runs/q/events?after=0&run_id={run_id}")
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["run_id"], answer.json()["status"]) == (run_id, "queued")
