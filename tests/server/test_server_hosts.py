@@ -76,7 +76,7 @@ def test_allowed_host_patterns():
     assert HostPattern("a").matches("a", 2)
     with pytest.raises(ValueError, match="allowed host"):
         parse_allowed_host("a/b")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^expected a sequence of strings, not 'chat\.example'$"):
         ServerSettings(allowed_hosts="chat.example")  # a string is not a list of them
 
 

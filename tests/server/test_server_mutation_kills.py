@@ -10,6 +10,8 @@ import httpx
 import pytest
 import trio
 
+from trio_chatruns.server import ServerSettings
+
 from helpers import wait_until
 
 
@@ -166,3 +168,12 @@ async def test_a_cursor_naming_a_queued_run_is_answered_not_refused(start_server
         answer = await client.get(f"/v1/chat/runs/q/events?after=0&run_id={run_id}")
     assert answer.status_code == 200, answer.text
     assert (answer.json()["run_id"], answer.json()["status"]) == (run_id, "queued")
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 513, "clé"])
+def test_a_bad_api_key_is_refused_with_its_rule(key):
+    """``ServerSettings(api_key=...)``: 1-512 visible ASCII characters (it travels in
+    an ``Authorization`` header); anything else is a ``ValueError`` stating the rule."""
+    with pytest.raises(ValueError) as caught:
+        ServerSettings(api_key=key)
+    assert str(caught.value) == "api_key must be 1-512 visible ASCII characters (no spaces)"
