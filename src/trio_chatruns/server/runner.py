@@ -33,6 +33,7 @@ status 1 a second later (a library function does not end the process).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import socket
@@ -52,6 +53,7 @@ from .auth import ensure_api_key, log_exposure
 from .config import ServerSettings
 from .connections import WriteDeadlines, install
 from .conversations import open_conversation_history
+from .gc_tuning import tuned_gc
 from .producers import describe_model
 
 if TYPE_CHECKING:
@@ -268,23 +270,26 @@ async def _serve(
                 # any write still blocked half-way through hypercorn's drain.
                 deadlines.cut(grace=settings.graceful_timeout / 2)
 
-            async with trio.open_nursery() as nursery:
+            # Startup is done (modules imported, app built): what is alive now
+            # lives as long as the server (see .gc_tuning).
+            with tuned_gc() if settings.tune_gc else contextlib.nullcontext():
+                async with trio.open_nursery() as nursery:
 
-                async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                    await hypercorn.trio.serve(
-                        server.app,  # type: ignore[arg-type]  # Starlette's ASGI types are looser
-                        config,
-                        shutdown_trigger=shutdown_trigger,
-                        task_status=task_status,
-                    )
-                    nursery.cancel_scope.cancel()  # stop the signal watcher
+                    async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                        await hypercorn.trio.serve(
+                            server.app,  # type: ignore[arg-type]  # Starlette's ASGI types are looser
+                            config,
+                            shutdown_trigger=shutdown_trigger,
+                            task_status=task_status,
+                        )
+                        nursery.cancel_scope.cancel()  # stop the signal watcher
 
-                if handle_signals:
-                    nursery.start_soon(_watch_signals, stop, nursery.cancel_scope, deadlines)
-                urls = await nursery.start(run_hypercorn)
-                _log_startup(urls, model, settings, server.backend.config)
-                log_exposure(settings, urls, generated_key)
-                task_status.started(RunningServer(server, urls, _stop=stop))
+                    if handle_signals:
+                        nursery.start_soon(_watch_signals, stop, nursery.cancel_scope, deadlines)
+                    urls = await nursery.start(run_hypercorn)
+                    _log_startup(urls, model, settings, server.backend.config)
+                    log_exposure(settings, urls, generated_key)
+                    task_status.started(RunningServer(server, urls, _stop=stop))
         guard.cancel_scope.cancel()  # the registry closed: the watchdog has nothing to say
     assert server is not None
     stats = server.stats()
