@@ -48,6 +48,8 @@ class _SSESink:
     """SSE messages as bytes; :meth:`send` writes a batch as one body chunk,
     the final batch as the body's last one."""
 
+    coalesce = True  # a batch is one body chunk: one write
+
     def __init__(self, send: Send, retry_ms: int, before_final: Callable[[], None]) -> None:
         self._send = send
         self._before_final = before_final

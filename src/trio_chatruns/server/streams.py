@@ -171,6 +171,9 @@ MAX_BATCH = 512
 """Most messages a stream sends in one write."""
 MAX_BATCH_BYTES = 256 * 1024
 """A write stops taking more messages past this size (large frames)."""
+COALESCE_ROUNDS = 8
+"""Most scheduling rounds a stream lets pass, while its run's frames keep
+arriving, before it writes them (see :func:`_coalesce`)."""
 
 
 class StreamSink(Protocol[M]):
@@ -178,8 +181,13 @@ class StreamSink(Protocol[M]):
 
     The message methods only encode (synchronous, no checkpoint); :meth:`send`
     writes what :func:`pump` collected, as few writes as the transport allows
-    (SSE: one body; WebSocket: one message each).
+    (SSE: one body; WebSocket: one message each). ``coalesce`` says whether
+    a batch of several messages costs less than as many single ones (true
+    for SSE, where a batch is one write): then :func:`pump` waits a few
+    scheduling rounds for more when frames arrive faster than it writes.
     """
+
+    coalesce: bool
 
     def event(self, event: ChatRunEvent) -> M: ...
     def gap(self, first: int, last: int, run_id: str) -> M: ...
@@ -250,9 +258,12 @@ async def _deliver(
     """Send ``subscription``'s events until it ends; ``out`` holds what is not sent yet
     (on return: the last batch, which ``pump`` sends with the ``end`` message)."""
     deadline = trio.current_time() + heartbeat
+    coalesce = sink.coalesce
     try:
         while True:
             if not out:
+                if coalesce:
+                    await _coalesce(subscription)
                 with trio.CancelScope(deadline=deadline) as wait:
                     out.append(sink.event(await subscription.__anext__()))
                 if wait.cancelled_caught:
@@ -277,3 +288,33 @@ async def _deliver(
             deadline = trio.current_time() + heartbeat
     except StopAsyncIteration:
         return
+
+
+async def _coalesce(subscription: StreamSubscription) -> None:
+    """Let frames that arrive faster than this stream writes gather for one write.
+
+    Called before a stream takes its next batch. Frames already queued then
+    arrived while the previous batch was being written: the producer outpaces
+    the writes, so the stream lets up to :data:`COALESCE_ROUNDS` scheduling
+    rounds pass, for as long as each round brings more frames, and then
+    writes them all at once (one SSE write per batch instead of one per
+    frame: the write path, not the frame, is what costs). Nothing queued
+    (a producer slower than the writes: tokens at a human pace), a terminal
+    run, or a full batch: it returns at once, without a checkpoint, so the
+    next frame goes out as soon as it is pushed. Each round is a checkpoint
+    (cancellation propagates).
+    """
+    record = subscription.record
+    latest = record.latest_seq
+    if latest == subscription.last_seq or record.status.is_terminal:
+        return
+    for _ in range(COALESCE_ROUNDS):
+        await trio.lowlevel.checkpoint()
+        record = subscription.record
+        if (
+            record.latest_seq == latest
+            or record.status.is_terminal
+            or record.latest_seq - subscription.last_seq >= MAX_BATCH
+        ):
+            return
+        latest = record.latest_seq
