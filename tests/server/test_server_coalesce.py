@@ -171,3 +171,26 @@ class _Model:
     async def __call__(self, run, request):
         run.push_frame({"type": "status", "status": "running"})
         await fast_producer(self.go)(run)
+
+
+async def test_the_end_message_is_encoded_once_per_record_and_reads_as_documented():
+    from trio_chatruns.server.sse import encode_sse, format_cursor, record_to_json, to_json
+    from trio_chatruns.server.wire import sse_end
+
+    async with open_chat_run_registry() as registry:
+        for cid in ("a", "b"):
+            run = registry.try_start(cid, slow_producer(trio.Event()))
+            registry.interrupt(cid)
+            await run.wait()
+        a, b = registry.get("a"), registry.get("b")
+    for record in (a, b):
+        expected = encode_sse(
+            to_json({**record_to_json(record), "reason": "interrupted"}),
+            event="end",
+            id=format_cursor(record.run_id, record.latest_seq),
+        )
+        assert sse_end(record, "interrupted") == expected
+        # A thousand streams of one run: the same message, encoded once.
+        assert sse_end(record, "interrupted") is sse_end(record, "interrupted")
+    assert sse_end(a, "completed") != sse_end(a, "interrupted")
+    assert sse_end(None, "gone") == encode_sse(to_json({"reason": "gone"}), event="end")
