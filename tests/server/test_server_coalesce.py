@@ -10,17 +10,25 @@ from inside the wait.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import httpx
 import trio
 import trio.testing
 
-from trio_chatruns import ChatRunStatus, open_chat_run_registry
+from trio_chatruns import ChatRunRecord, ChatRunStatus, open_chat_run_registry
 from trio_chatruns.server import ScriptedModel
 from trio_chatruns.server.sse import Cursor
 from trio_chatruns.server.state import ServerState
-from trio_chatruns.server.streams import COALESCE_ROUNDS, StreamRefusal, pump, resolve_stream
+from trio_chatruns.server.streams import (
+    COALESCE_MAX_DELAY,
+    COALESCE_ROUNDS,
+    StreamRefusal,
+    _coalesce,
+    pump,
+    resolve_stream,
+)
 from trio_chatruns.server.wire import sse_event
 
 FRAMES = 300
@@ -94,7 +102,8 @@ def _flat(batches):
     return [m for batch in batches for m in batch]
 
 
-async def test_frames_faster_than_writes_go_out_together_each_once_in_order():
+async def test_frames_faster_than_writes_go_out_together_each_once_in_order(mock_clock):
+    # The mock clock stands still: only the round limit ends a gathering.
     sink = _Sink()
     record = await _stream(fast_producer, sink)
     messages = _flat(sink.batches)
@@ -194,3 +203,85 @@ async def test_the_end_message_is_encoded_once_per_record_and_reads_as_documente
         assert sse_end(record, "interrupted") is sse_end(record, "interrupted")
     assert sse_end(a, "completed") != sse_end(a, "interrupted")
     assert sse_end(None, "gone") == encode_sse(to_json({"reason": "gone"}), event="end")
+
+
+class _Arriving:
+    """A subscription whose run gains ``per_round`` frames each time it is looked at
+    after the first look (that is, once per scheduling round of ``_coalesce``)."""
+
+    def __init__(self, queued, per_round, clock=None, step=0.0):
+        self.last_seq = 10
+        self.latest = 10 + queued
+        self.per_round = itertools.cycle(per_round if isinstance(per_round, list) else [per_round])
+        self.looks = 0
+        self.clock, self.step = clock, step
+        self.status = ChatRunStatus.RUNNING
+
+    @property
+    def record(self):
+        if self.looks:
+            self.latest += next(self.per_round)
+            if self.clock is not None:
+                self.clock.jump(self.step)
+        self.looks += 1
+        return ChatRunRecord(
+            conversation_id="c",
+            run_id="r",
+            status=self.status,
+            started_at=0.0,
+            updated_at=0.0,
+            terminated_at=None,
+            latest_seq=self.latest,
+            current_tool=None,
+            last_error=None,
+        )
+
+
+async def test_gathering_waits_only_while_frames_keep_coming(mock_clock):
+    # Nothing queued: no wait at all, whatever the last gathering found.
+    for eager in (True, False):
+        sub = _Arriving(queued=0, per_round=1)
+        with trio.testing.assert_no_checkpoints():
+            assert await _coalesce(sub, eager) is eager
+    # Frames keep coming: up to COALESCE_ROUNDS rounds, then write.
+    sub = _Arriving(queued=1, per_round=1)
+    assert await _coalesce(sub, True) is True
+    assert sub.looks == 1 + COALESCE_ROUNDS
+    # A producer that misses a round (tasks run in a random order) does not end it.
+    sub = _Arriving(queued=1, per_round=[0, 1])
+    assert await _coalesce(sub, True) is True
+    assert sub.looks == 1 + COALESCE_ROUNDS
+    # Two rounds that bring nothing end it, and say not to try next time...
+    sub = _Arriving(queued=1, per_round=0)
+    assert await _coalesce(sub, True) is False
+    assert sub.looks == 3
+    # ...so a single queued frame then goes out at once...
+    sub = _Arriving(queued=1, per_round=1)
+    with trio.testing.assert_no_checkpoints():
+        assert await _coalesce(sub, False) is False
+    # ...until two or more are queued: the producer outpaces the writes again.
+    sub = _Arriving(queued=2, per_round=1)
+    assert await _coalesce(sub, False) is True
+    assert sub.looks == 1 + COALESCE_ROUNDS
+
+
+async def test_gathering_holds_frames_back_for_a_bounded_time(mock_clock):
+    sub = _Arriving(queued=1, per_round=1, clock=mock_clock, step=COALESCE_MAX_DELAY / 2.5)
+    assert await _coalesce(sub, True) is True
+    assert sub.looks == 1 + 3  # the third round is past the limit
+
+
+async def test_gathering_stops_at_a_full_batch_or_a_finished_run(mock_clock):
+    from trio_chatruns.server.streams import MAX_BATCH
+
+    sub = _Arriving(queued=MAX_BATCH, per_round=1)
+    with trio.testing.assert_no_checkpoints():
+        assert await _coalesce(sub, True) is True
+    sub = _Arriving(queued=MAX_BATCH - 1, per_round=1)
+    assert await _coalesce(sub, True) is True
+    assert sub.looks == 2
+    # A finished run has no more frames to wait for.
+    sub = _Arriving(queued=3, per_round=1)
+    sub.status = ChatRunStatus.COMPLETED
+    with trio.testing.assert_no_checkpoints():
+        assert await _coalesce(sub, True) is True

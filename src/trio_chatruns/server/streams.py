@@ -174,6 +174,8 @@ MAX_BATCH_BYTES = 256 * 1024
 COALESCE_ROUNDS = 8
 """Most scheduling rounds a stream lets pass, while its run's frames keep
 arriving, before it writes them (see :func:`_coalesce`)."""
+COALESCE_MAX_DELAY = 0.005
+"""Most seconds (Trio clock) a stream holds frames back to gather them."""
 
 
 class StreamSink(Protocol[M]):
@@ -259,11 +261,12 @@ async def _deliver(
     (on return: the last batch, which ``pump`` sends with the ``end`` message)."""
     deadline = trio.current_time() + heartbeat
     coalesce = sink.coalesce
+    eager = True  # gathering paid off last time (or was not tried yet)
     try:
         while True:
             if not out:
                 if coalesce:
-                    await _coalesce(subscription)
+                    eager = await _coalesce(subscription, eager)
                 with trio.CancelScope(deadline=deadline) as wait:
                     out.append(sink.event(await subscription.__anext__()))
                 if wait.cancelled_caught:
@@ -290,31 +293,52 @@ async def _deliver(
         return
 
 
-async def _coalesce(subscription: StreamSubscription) -> None:
+async def _coalesce(subscription: StreamSubscription, eager: bool) -> bool:
     """Let frames that arrive faster than this stream writes gather for one write.
 
     Called before a stream takes its next batch. Frames already queued then
-    arrived while the previous batch was being written: the producer outpaces
-    the writes, so the stream lets up to :data:`COALESCE_ROUNDS` scheduling
-    rounds pass, for as long as each round brings more frames, and then
-    writes them all at once (one SSE write per batch instead of one per
-    frame: the write path, not the frame, is what costs). Nothing queued
-    (a producer slower than the writes: tokens at a human pace), a terminal
-    run, or a full batch: it returns at once, without a checkpoint, so the
-    next frame goes out as soon as it is pushed. Each round is a checkpoint
+    arrived while the previous batch was being written: the producer may
+    outpace the writes, so the stream lets scheduling rounds pass for as long
+    as each brings more frames (at most :data:`COALESCE_ROUNDS` rounds and
+    :data:`COALESCE_MAX_DELAY` seconds), then writes them all at once: one
+    SSE write per batch instead of one per frame (the write path, not the
+    frame, is what costs); two rounds in a row without a frame end it.
+
+    It returns at once, without a checkpoint, when nothing is queued (a
+    producer slower than the writes: tokens at a human pace), the run is
+    terminal, a batch is full, or the last gathering found nothing more
+    (``eager`` false: a frame that happened to arrive during a slow write)
+    unless two or more frames are queued. Returns whether to gather next
+    time: whether this gathering brought a frame (or ``eager`` as given,
+    when it did not try). Each round is a checkpoint
     (cancellation propagates).
     """
     record = subscription.record
     latest = record.latest_seq
-    if latest == subscription.last_seq or record.status.is_terminal:
-        return
+    queued = latest - subscription.last_seq
+    if queued == 0 or record.status.is_terminal or queued >= MAX_BATCH:
+        return eager
+    if not eager and queued < 2:
+        return False
+    until = trio.current_time() + COALESCE_MAX_DELAY
+    gained = False
+    idle = 0
     for _ in range(COALESCE_ROUNDS):
         await trio.lowlevel.checkpoint()
         record = subscription.record
+        if record.latest_seq == latest:
+            # Tasks run in a random order within a round (Trio's scheduler),
+            # so a producer pushing every round can miss one: two in a row
+            # without a frame end the gathering.
+            idle += 1
+            if idle == 2:
+                break
+            continue
+        gained, idle, latest = True, 0, record.latest_seq
         if (
-            record.latest_seq == latest
-            or record.status.is_terminal
-            or record.latest_seq - subscription.last_seq >= MAX_BATCH
+            record.status.is_terminal
+            or latest - subscription.last_seq >= MAX_BATCH
+            or trio.current_time() >= until
         ):
-            return
-        latest = record.latest_seq
+            break
+    return gained
