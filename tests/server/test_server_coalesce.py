@@ -280,6 +280,10 @@ async def test_gathering_stops_at_a_full_batch_or_a_finished_run(mock_clock):
     sub = _Arriving(queued=MAX_BATCH - 1, per_round=1)
     assert await _coalesce(sub, True) is True
     assert sub.looks == 2
+    # The limit pump passes (half the subscriber buffer), likewise.
+    sub = _Arriving(queued=3, per_round=1)
+    assert await _coalesce(sub, True, 4) is True
+    assert sub.looks == 2
     # A finished run has no more frames to wait for.
     sub = _Arriving(queued=3, per_round=1)
     sub.status = ChatRunStatus.COMPLETED

@@ -202,8 +202,10 @@ class StreamSink(Protocol[M]):
 async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> None:
     """Deliver ``plan``'s run to ``sink`` until it ends, lags, or is cancelled.
 
-    One task does all of it: it takes whatever events are ready, sends them
-    in one :meth:`StreamSink.send`, and waits only when nothing is; the
+    One task does all of it: it takes whatever events are ready (when they
+    come faster than it writes, it first lets a few scheduling rounds pass
+    to gather more: :func:`_coalesce`), sends them in one
+    :meth:`StreamSink.send`, and waits only when nothing is; the
     heartbeat is the deadline of that one wait (``heartbeat_interval``
     seconds after the last send), not a timer per event. The last send is
     ``final``: the run's ``end`` (after its last frame, with the reason of
@@ -219,6 +221,8 @@ async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> No
     gap_from: int | None = None
     out: list[M] = []
     heartbeat = server.settings.heartbeat_interval
+    # Gathering stops well before the subscriber's queue could fill (lag).
+    gather = min(MAX_BATCH, max(2, server.backend.config.subscriber_buffer // 2))
     while True:
         try:
             async with server.backend.subscribe(
@@ -226,7 +230,7 @@ async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> No
             ) as subscription:
                 if gap_from is not None:
                     out.append(sink.gap(gap_from, after, plan.run_id))
-                await _deliver(subscription, sink, out, heartbeat)
+                await _deliver(subscription, sink, out, heartbeat, gather)
                 record: ChatRunRecord | None = subscription.record
         except ReplayGap as gap:
             # Raised on entering, which does not checkpoint: the retry below
@@ -255,10 +259,15 @@ async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> No
 
 
 async def _deliver(
-    subscription: StreamSubscription, sink: StreamSink[M], out: list[M], heartbeat: float
+    subscription: StreamSubscription,
+    sink: StreamSink[M],
+    out: list[M],
+    heartbeat: float,
+    gather: int = MAX_BATCH,
 ) -> None:
     """Send ``subscription``'s events until it ends; ``out`` holds what is not sent yet
-    (on return: the last batch, which ``pump`` sends with the ``end`` message)."""
+    (on return: the last batch, which ``pump`` sends with the ``end`` message).
+    ``gather``: most frames queued while gathering (:func:`_coalesce`)."""
     deadline = trio.current_time() + heartbeat
     coalesce = sink.coalesce
     eager = True  # gathering paid off last time (or was not tried yet)
@@ -266,7 +275,7 @@ async def _deliver(
         while True:
             if not out:
                 if coalesce:
-                    eager = await _coalesce(subscription, eager)
+                    eager = await _coalesce(subscription, eager, gather)
                 with trio.CancelScope(deadline=deadline) as wait:
                     out.append(sink.event(await subscription.__anext__()))
                 if wait.cancelled_caught:
@@ -293,7 +302,7 @@ async def _deliver(
         return
 
 
-async def _coalesce(subscription: StreamSubscription, eager: bool) -> bool:
+async def _coalesce(subscription: StreamSubscription, eager: bool, limit: int = MAX_BATCH) -> bool:
     """Let frames that arrive faster than this stream writes gather for one write.
 
     Called before a stream takes its next batch. Frames already queued then
@@ -306,17 +315,18 @@ async def _coalesce(subscription: StreamSubscription, eager: bool) -> bool:
 
     It returns at once, without a checkpoint, when nothing is queued (a
     producer slower than the writes: tokens at a human pace), the run is
-    terminal, a batch is full, or the last gathering found nothing more
-    (``eager`` false: a frame that happened to arrive during a slow write)
-    unless two or more frames are queued. Returns whether to gather next
-    time: whether this gathering brought a frame (or ``eager`` as given,
-    when it did not try). Each round is a checkpoint
-    (cancellation propagates).
+    terminal, ``limit`` frames are queued (``pump`` passes half the
+    subscriber buffer, so gathering stops well before the stream could lag),
+    or the last gathering found nothing more (``eager`` false: a frame that
+    happened to arrive during a slow write) unless two or more frames are
+    queued. Returns whether to gather next time: whether this gathering
+    brought a frame (or ``eager`` as given, when it did not try). Each round
+    is a checkpoint (cancellation propagates).
     """
     record = subscription.record
     latest = record.latest_seq
     queued = latest - subscription.last_seq
-    if queued == 0 or record.status.is_terminal or queued >= MAX_BATCH:
+    if queued == 0 or record.status.is_terminal or queued >= limit:
         return eager
     if not eager and queued < 2:
         return False
@@ -337,7 +347,7 @@ async def _coalesce(subscription: StreamSubscription, eager: bool) -> bool:
         gained, idle, latest = True, 0, record.latest_seq
         if (
             record.status.is_terminal
-            or latest - subscription.last_seq >= MAX_BATCH
+            or latest - subscription.last_seq >= limit
             or trio.current_time() >= until
         ):
             break
