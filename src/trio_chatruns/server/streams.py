@@ -174,8 +174,9 @@ MAX_BATCH_BYTES = 256 * 1024
 COALESCE_ROUNDS = 8
 """Most scheduling rounds a stream lets pass, while its run's frames keep
 arriving, before it writes them (see :func:`_coalesce`)."""
-COALESCE_MAX_DELAY = 0.005
-"""Most seconds (Trio clock) a stream holds frames back to gather them."""
+COALESCE_MAX_DELAY = 0.001
+"""Seconds (Trio clock) after which a stream stops gathering frames: it holds
+them back at most this long plus one scheduling round."""
 
 
 class StreamSink(Protocol[M]):
@@ -343,12 +344,10 @@ async def _coalesce(subscription: StreamSubscription, eager: bool, limit: int = 
             idle += 1
             if idle == 2:
                 break
-            continue
-        gained, idle, latest = True, 0, record.latest_seq
-        if (
-            record.status.is_terminal
-            or latest - subscription.last_seq >= limit
-            or trio.current_time() >= until
-        ):
+        else:
+            gained, idle, latest = True, 0, record.latest_seq
+            if record.status.is_terminal or latest - subscription.last_seq >= limit:
+                break
+        if trio.current_time() >= until:
             break
     return gained
