@@ -50,12 +50,14 @@ YOUNG_THRESHOLD = 20_000
 def tuned_gc() -> Iterator[None]:
     """Freeze what is alive now and raise the young threshold; undo both on exit.
 
-    Synchronous. On exit the previous thresholds come back, and the frozen
-    objects return to the oldest generation (``gc.unfreeze``) unless
-    something had frozen objects before (its freeze is not undone).
+    Synchronous. On exit the previous thresholds come back and every frozen
+    object returns to the oldest generation (``gc.unfreeze``), so an
+    application that goes on after the server does not keep the server's
+    objects out of collection. (A freeze made before is undone too: there
+    is one permanent generation, and even a fresh interpreter holds objects
+    in it after a ``gc.collect()``.)
     """
     previous = gc.get_threshold()
-    frozen_before = gc.get_freeze_count()
     gc.collect()  # what startup left as cyclic garbage is not frozen
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, *previous[1:])
@@ -63,5 +65,4 @@ def tuned_gc() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*previous)
-        if not frozen_before:
-            gc.unfreeze()
+        gc.unfreeze()
