@@ -252,8 +252,15 @@ async def _serve(
     assert deadlines is not None
     stop = trio.Event()
     server: ChatServer | None = None
+    # Cancelled by a second signal: hypercorn and everything it runs.
+    hard_stop = trio.CancelScope()
     async with trio.open_nursery() as guard:
         guard.start_soon(_shutdown_watchdog, stop, settings, lambda: server)
+        if handle_signals:
+            # Watched until the registry has closed (step 4 of a shutdown
+            # saves the cut replies): a signal then must not find Python's
+            # default handler, which would kill the process (status -15).
+            guard.start_soon(_watch_signals, stop, hard_stop, deadlines)
         async with _open_runs(settings, registry_config) as (registry, history):
             server = ChatServer(
                 registry, model, settings, history=history, on_shutdown_request=stop.set
@@ -272,7 +279,10 @@ async def _serve(
 
             # Startup is done (modules imported, app built): what is alive now
             # lives as long as the server (see .gc_tuning).
-            with tuned_gc() if settings.tune_gc else contextlib.nullcontext():
+            with (
+                tuned_gc() if settings.tune_gc else contextlib.nullcontext(),
+                hard_stop,
+            ):
                 async with trio.open_nursery() as nursery:
 
                     async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
@@ -282,15 +292,14 @@ async def _serve(
                             shutdown_trigger=shutdown_trigger,
                             task_status=task_status,
                         )
-                        nursery.cancel_scope.cancel()  # stop the signal watcher
 
-                    if handle_signals:
-                        nursery.start_soon(_watch_signals, stop, nursery.cancel_scope, deadlines)
                     urls = await nursery.start(run_hypercorn)
                     _log_startup(urls, model, settings, server.backend.config)
                     log_exposure(settings, urls, generated_key)
                     task_status.started(RunningServer(server, urls, _stop=stop))
-        guard.cancel_scope.cancel()  # the registry closed: the watchdog has nothing to say
+        # The registry closed: the watchdog has nothing to say, the signals
+        # go back to Python's handlers.
+        guard.cancel_scope.cancel()
     assert server is not None
     stats = server.stats()
     logger.info(
