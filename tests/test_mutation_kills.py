@@ -249,3 +249,24 @@ async def test_a_hook_that_fails_as_its_deadline_cancels_it_counts_as_one_failur
     assert hook_errors(caplog) == [
         f"on_run_end hook for run {run.run_id} (conversation 'chat-7') raised"
     ]
+
+
+# -- the complete run (2026-11-30, second session) -------------------------------
+
+
+async def test_the_interrupted_frame_is_measured_by_the_applications_frame_size(
+    autojump_clock,
+):
+    """``frame_size`` measures every frame of a budgeted run, the
+    ``{"type": "interrupted"}`` frame the registry pushes itself included
+    (the default measure would count its compact JSON, 22 bytes)."""
+    config = RegistryConfig(max_bytes_per_run=1000, frame_size=lambda frame: 3)
+    async with open_chat_run_registry(config) as registry:
+        run = registry.try_start("c", park)
+        run.push_frame({"n": 1})
+        await trio.sleep(1)  # the producer is parked
+        assert run.interrupt() is True
+        record = await run.wait()
+        assert record.status == ChatRunStatus.CANCELLED
+        assert [event.frame for event in registry.events("c")][-1] == {"type": "interrupted"}
+        assert registry.stats().buffered_bytes == 6
