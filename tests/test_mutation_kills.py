@@ -270,3 +270,33 @@ async def test_the_interrupted_frame_is_measured_by_the_applications_frame_size(
         assert record.status == ChatRunStatus.CANCELLED
         assert [event.frame for event in registry.events("c")][-1] == {"type": "interrupted"}
         assert registry.stats().buffered_bytes == 6
+
+
+async def test_a_subscription_repr_names_its_class_run_conversation_and_cursor(autojump_clock):
+    async with open_chat_run_registry() as registry:
+        run = registry.try_start("chat-7", park)
+        run.push_frame({"n": 1})
+        run.push_frame({"n": 2})
+        async with registry.subscribe("chat-7", after=1) as subscription:
+            assert repr(subscription) == (
+                f"<ChatRunSubscription run={run.run_id} conversation='chat-7' last_seq=1>"
+            )
+            await subscription.__anext__()
+            assert repr(subscription).endswith(" last_seq=2>")
+        run.interrupt()
+
+
+async def test_the_registry_tells_the_server_which_run_end_hook_it_was_opened_with(
+    autojump_clock,
+):
+    """``ChatRunRegistry._run_end_hook()`` (internal, read by
+    ``trio_chatruns.server`` to check that its history is wired to the
+    registry): the ``on_run_end`` hook, or ``None`` without one."""
+
+    async def hook(record, events) -> None:
+        pass
+
+    async with open_chat_run_registry(on_run_end=hook) as registry:
+        assert registry._run_end_hook() is hook
+    async with open_chat_run_registry() as registry:
+        assert registry._run_end_hook() is None
