@@ -260,16 +260,42 @@ async def test_the_interrupted_frame_is_measured_by_the_applications_frame_size(
     """``frame_size`` measures every frame of a budgeted run, the
     ``{"type": "interrupted"}`` frame the registry pushes itself included
     (the default measure would count its compact JSON, 22 bytes)."""
-    config = RegistryConfig(max_bytes_per_run=1000, frame_size=lambda frame: 3)
+    config = RegistryConfig(max_bytes_per_run=1000, frame_size=len)  # a dict's size: its keys
     async with open_chat_run_registry(config) as registry:
         run = registry.try_start("c", park)
-        run.push_frame({"n": 1})
+        run.push_frame({"n": 1, "text": "hello"})
         await trio.sleep(1)  # the producer is parked
         assert run.interrupt() is True
         record = await run.wait()
         assert record.status == ChatRunStatus.CANCELLED
         assert [event.frame for event in registry.events("c")][-1] == {"type": "interrupted"}
-        assert registry.stats().buffered_bytes == 6
+        assert registry.stats().buffered_bytes == 2 + 1
+
+
+class Bytes(int):
+    """An ``int`` subclass, as a ``frame_size`` may return (an ``IntEnum``, a
+    NumPy-style integer)."""
+
+
+async def test_a_frame_size_of_zero_bytes_is_a_size(autojump_clock):
+    """``frame_size`` returns an int of bytes ``>= 0``: zero is a size, not an
+    error, for any frame (the interrupted frame included) and for an ``int``
+    subclass too."""
+    config = RegistryConfig(max_bytes_per_run=10, frame_size=lambda frame: Bytes(len(frame)))
+    async with open_chat_run_registry(config) as registry:
+        run = registry.try_start("c", park)
+        assert run.push_frame("") == 1
+        assert run.push_frame("abc") == 2
+        assert registry.stats().buffered_bytes == 3
+        run.update("completed")
+    config = RegistryConfig(max_retained_bytes=10, frame_size=lambda frame: 0)
+    async with open_chat_run_registry(config) as registry:
+        run = registry.try_start("c", park)
+        run.push_frame({"n": 1})
+        await trio.sleep(1)
+        run.interrupt()
+        assert (await run.wait()).status == ChatRunStatus.CANCELLED
+        assert registry.stats().buffered_bytes == 0
 
 
 async def test_a_subscription_repr_names_its_class_run_conversation_and_cursor(autojump_clock):
