@@ -5,6 +5,7 @@ that no other test checked exactly. Time is Trio's MockClock (``autojump_clock``
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import trio
@@ -326,3 +327,16 @@ async def test_the_registry_tells_the_server_which_run_end_hook_it_was_opened_wi
         assert registry._run_end_hook() is hook
     async with open_chat_run_registry() as registry:
         assert registry._run_end_hook() is None
+
+
+async def test_a_run_id_is_32_hex_digits_new_for_every_run(autojump_clock):
+    """``ChatRun.run_id``: "32 hex digits, new for every run" (a restarted
+    conversation is told apart from its last run)."""
+    async with open_chat_run_registry() as registry:
+        first = registry.try_start("c", park)
+        first.update("completed")
+        second = registry.try_start("c", park)
+        for run in (first, second):
+            assert re.fullmatch("[0-9a-f]{32}", run.run_id), run.run_id
+        assert first.run_id != second.run_id
+        second.interrupt()
