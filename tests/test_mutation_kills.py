@@ -340,3 +340,63 @@ async def test_a_run_id_is_32_hex_digits_new_for_every_run(autojump_clock):
             assert re.fullmatch("[0-9a-f]{32}", run.run_id), run.run_id
         assert first.run_id != second.run_id
         second.interrupt()
+
+
+# -- what a new run and a new registry look like, and the exact refusals --------
+
+
+async def test_a_new_run_record_has_no_frames_no_tool_no_error_and_no_end(autojump_clock):
+    """``ChatRunRecord``: ``latest_seq`` 0, ``current_tool`` and ``last_error``
+    ``None`` until set, ``terminated_at`` ``None`` while active, and
+    ``started_at``/``updated_at`` the Trio time of the start."""
+    await trio.sleep(7)
+    async with open_chat_run_registry() as registry:
+        run = registry.try_start("c", park)
+        record = run.record
+        assert record.status is ChatRunStatus.RUNNING
+        assert (record.latest_seq, record.current_tool, record.last_error) == (0, None, None)
+        assert record.terminated_at is None
+        assert record.started_at == record.updated_at == trio.current_time() == 7
+        run.interrupt()
+
+
+async def test_registry_closed_is_the_bool_false_while_open(autojump_clock):
+    """``ChatRunRegistry.closed`` is a ``bool``: ``False`` inside the block,
+    ``True`` once it was left."""
+    async with open_chat_run_registry() as registry:
+        assert registry.closed is False
+    assert registry.closed is True
+
+
+def test_a_zero_run_end_timeout_is_refused_saying_so():
+    with pytest.raises(ValueError) as caught:
+        RegistryConfig(run_end_timeout=0)
+    assert str(caught.value) == "run_end_timeout must be > 0 seconds, not 0"
+
+
+async def test_an_empty_conversation_id_is_refused_saying_so(autojump_clock):
+    async with open_chat_run_registry() as registry:
+        with pytest.raises(ValueError) as caught:
+            registry.try_start("", park)
+        assert str(caught.value) == "conversation_id must be a non-empty str, not ''"
+
+
+async def test_a_refused_status_move_names_the_run_and_its_conversation(autojump_clock):
+    """``queued`` is set by the registry only, and a queued run takes a
+    terminal status only: each refusal names the run and the conversation."""
+    async with open_chat_run_registry() as registry:
+        active = registry.try_start("chat-7", park)
+        with pytest.raises(ValueError) as caught:
+            active.update("queued")
+        assert str(caught.value) == (
+            f"status 'queued' is set by the registry only (run {active.run_id!r}, "
+            "conversation 'chat-7')"
+        )
+        queued = registry.try_start("chat-7", park, if_active="enqueue")
+        with pytest.raises(ValueError) as caught:
+            queued.push_frame({"n": 1}, status="waiting_hitl")
+        assert str(caught.value) == (
+            f"run {queued.run_id!r} (conversation 'chat-7') is queued; "
+            "it becomes running when the registry starts it, not 'waiting_hitl'"
+        )
+        active.interrupt()
