@@ -1,6 +1,7 @@
 """Test automation: ``nox`` runs the test suite on Python 3.10-3.13, the linter
 and the type checker. ``nox -s bench`` runs the benchmarks, ``nox -s mutate``
-the mutation tests (docs/testing.md)."""
+the mutation tests and ``nox -s realclock`` the real-clock tests 20 times in a
+row (docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,16 @@ def mutate(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]", "mutmut>=3.8,<4")
     session.run("python", "tools/mutate.py", *session.posargs)
+
+
+@nox.session(python="3.12")
+def realclock(session: nox.Session) -> None:
+    """The real-clock tests 20 times in a row (tools/realclock.py; docs/testing.md).
+
+    ``nox -s realclock -- --runs 20 --parallel 2``; not a default session.
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "tools/realclock.py", *session.posargs)
 
 
 @nox.session(python="3.12")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import socket
@@ -164,6 +165,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_p99_ms": median([s["latency"]["p99_ms"] for s in samples]),
         "chats_p50_ms": median([s["chats"]["p50_ms"] for s in samples]),
         "chats_p99_ms": median([s["chats"]["p99_ms"] for s in samples]),
+        "chats_cpu_us": median([s["chats"].get("cpu_us", math.nan) for s in samples]),
         "end_s": median([s["end"] for s in samples]),
     }
 
@@ -228,6 +230,7 @@ def report(r: dict[str, Any]) -> str:
     n = r["meta"]["sizes"]["chats"][0]
     row(f"{n} chats x 30 frames/s p50 ms", "chats_p50_ms", None, ".2f")
     row(f"{n} chats x 30 frames/s p99 ms", "chats_p99_ms", None, ".2f")
+    row(f"{n} chats: server CPU us/delivery", "chats_cpu_us", None, ".1f")
     row(f"end a run with {r['meta']['sizes']['end']} streams, s", "end_s", None, ".3f")
     row("young GC collections / 1000 deliveries", "gc_per_1000", None, ".2f")
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]

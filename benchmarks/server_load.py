@@ -15,7 +15,8 @@ Workloads:
 - ``deliveries K N``: one run, K streams, N frames as fast as the server
   pushes them: deliveries/s, server CPU µs per delivery, GC per 1000;
 - ``latency K RATE SECONDS``: one run, K streams, RATE frames/s: p50/p99 ms;
-- ``chats C RATE SECONDS``: C runs, one stream each, RATE frames/s each;
+- ``chats C RATE SECONDS``: C runs, one stream each, RATE frames/s each:
+  p50/p99 ms, and server CPU µs per frame received;
 - ``end K``: one run with K streams and no frames: seconds from ``go`` until
   every stream has its ``end``.
 """
@@ -233,13 +234,16 @@ async def workload(port: int, pid: int, name: str, args: list[float]) -> dict[st
         lat = []
         attached, tasks = await client.streams(cids, lat)
         await until(attached, tasks)
+        cpu0 = cpu_seconds(pid)
         await client.post(client.cid("go"), {"op": "go", "key": key})
         # A saturated server may never catch up: stop CUTOFF s after the last
         # push; frames not received by then count as infinitely late.
         _, pending = await asyncio.wait(tasks, timeout=seconds + CUTOFF)
+        cpu = cpu_seconds(pid) - cpu0
         for task in pending:
             task.cancel()
-        missing = c * order["frames"] - len(lat)
+        received = len(lat)
+        missing = c * order["frames"] - received
         lat.extend([math.inf] * missing)
         return {
             "p50_ms": _pct(lat, 0.5),
@@ -247,6 +251,8 @@ async def workload(port: int, pid: int, name: str, args: list[float]) -> dict[st
             "samples": len(lat),
             "missing": missing,
             "reconnects": client.reconnects,
+            # Server CPU from ``go`` to the last end (or the cutoff) per frame received.
+            "cpu_us": cpu / max(received, 1) * 1e6,
         }
     if name == "end":
         return {"seconds": (await client.one_run(int(args[0]), 0, 0, None))["seconds"]}

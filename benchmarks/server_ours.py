@@ -70,6 +70,7 @@ async def main(port: int) -> None:
         max_active_runs=10_000,
         max_subscribers_per_run=10_000,
         max_body_bytes=4096,
+        tune_gc=True,  # as ``trio-chatruns serve`` does (without --gc-defaults)
     )
     config = RegistryConfig(
         max_events_per_run=200_000, subscriber_buffer=200_000, max_retained_terminal=4096

@@ -57,10 +57,26 @@ class TestHung(AssertionError):
     """An async test was still waiting at its deadline."""
 
 
+REAL_CLOCK_TESTS = (
+    "tests/server/",
+    "tests/redisbackend/",
+    "tests/test_examples.py",
+    "tests/test_rr_proxy.py",
+)
+"""The tests that run on the real clock (real servers, Redis, subprocesses);
+every other async test, the core's, runs on a ``MockClock``."""
+
+
 def _with_deadline(testfunc: Any, nodeid: str) -> Any:
     @functools.wraps(testfunc)
     async def test_with_deadline(**kwargs: Any) -> Any:
         mock = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+        if not mock and not nodeid.startswith(REAL_CLOCK_TESTS):
+            # A hang on the real clock costs its full deadline (and mutmut
+            # 240 s per mutant); on the autojump clock it fails at once.
+            raise AssertionError(
+                f"{nodeid}: a core test runs on Trio's MockClock; take the autojump_clock fixture"
+            )
         seconds = MOCK_SECONDS if mock else REAL_SECONDS
         kind = "Trio mock-clock" if mock else "real"
         hung = f"{nodeid} hung: still waiting after {seconds:g} s of {kind} time"

@@ -67,7 +67,7 @@ def test_budget_settings_are_validated(field, bad):
         RegistryConfig(**{field: bad})
 
 
-async def test_nothing_is_measured_without_a_budget():
+async def test_nothing_is_measured_without_a_budget(autojump_clock):
     calls = []
 
     def size(frame) -> int:  # pragma: no cover - must not be called
@@ -82,7 +82,7 @@ async def test_nothing_is_measured_without_a_budget():
     assert calls == []
 
 
-async def test_byte_trimming_gives_replay_gap_with_the_right_available_from():
+async def test_byte_trimming_gives_replay_gap_with_the_right_available_from(autojump_clock):
     config = RegistryConfig(max_bytes_per_run=10, frame_size=len)
     async with open_chat_run_registry(config) as registry:
         run = registry.try_start("c", park)
@@ -99,7 +99,7 @@ async def test_byte_trimming_gives_replay_gap_with_the_right_available_from():
             assert [e.seq async for e in subscription] == [2, 3, 4]
 
 
-async def test_a_frame_larger_than_the_budget_is_kept_alone():
+async def test_a_frame_larger_than_the_budget_is_kept_alone(autojump_clock):
     config = RegistryConfig(max_bytes_per_run=10, frame_size=len)
     async with open_chat_run_registry(config) as registry:
         run = registry.try_start("c", park)
@@ -112,7 +112,7 @@ async def test_a_frame_larger_than_the_budget_is_kept_alone():
         run.interrupt()
 
 
-async def test_the_count_limit_still_applies_with_a_byte_budget():
+async def test_the_count_limit_still_applies_with_a_byte_budget(autojump_clock):
     config = RegistryConfig(max_events_per_run=2, max_bytes_per_run=1000, frame_size=len)
     async with open_chat_run_registry(config) as registry:
         run = registry.try_start("c", park)
@@ -123,7 +123,7 @@ async def test_the_count_limit_still_applies_with_a_byte_budget():
         run.interrupt()
 
 
-async def test_a_bad_frame_size_refuses_the_push_and_changes_nothing():
+async def test_a_bad_frame_size_refuses_the_push_and_changes_nothing(autojump_clock):
     results = iter([-1, "3", 2.0])
 
     def size(frame):
@@ -154,7 +154,7 @@ async def test_a_bad_frame_size_refuses_the_push_and_changes_nothing():
         assert registry.get("c").latest_seq == 0
 
 
-async def test_max_retained_bytes_evicts_the_oldest_ended_terminal_runs():
+async def test_max_retained_bytes_evicts_the_oldest_ended_terminal_runs(autojump_clock):
     config = RegistryConfig(max_retained_bytes=10, frame_size=len)
     async with open_chat_run_registry(config) as registry:
         for cid in ("a", "b", "c"):
@@ -177,7 +177,7 @@ async def test_max_retained_bytes_evicts_the_oldest_ended_terminal_runs():
         active.interrupt()
 
 
-async def test_queued_runs_are_never_evicted_by_bytes():
+async def test_queued_runs_are_never_evicted_by_bytes(autojump_clock):
     config = RegistryConfig(max_retained_bytes=0, frame_size=len)
     async with open_chat_run_registry(config) as registry:
         first = registry.try_start("c", park)

@@ -17,7 +17,7 @@ BACKLOG = 1000
 
 
 @pytest.mark.parametrize("where", ["replay", "live queue"])
-async def test_a_cancelled_reader_of_a_1000_event_backlog_stops_at_once(where):
+async def test_a_cancelled_reader_of_a_1000_event_backlog_stops_at_once(autojump_clock, where):
     config = RegistryConfig(max_events_per_run=BACKLOG, subscriber_buffer=BACKLOG)
     async with open_chat_run_registry(config) as registry:
         run = registry.try_start("c", park)
@@ -40,7 +40,7 @@ async def test_a_cancelled_reader_of_a_1000_event_backlog_stops_at_once(where):
         run.interrupt()
 
 
-async def test_every_anext_is_a_cancel_point_even_with_an_item_ready():
+async def test_every_anext_is_a_cancel_point_even_with_an_item_ready(autojump_clock):
     async with open_chat_run_registry() as registry:
         run = registry.try_start("c", park)
         run.push_frame("ready")
@@ -54,7 +54,7 @@ async def test_every_anext_is_a_cancel_point_even_with_an_item_ready():
 
 
 @pytest.mark.parametrize("where", ["replay", "live queue"])
-async def test_a_fast_reader_yields_to_other_tasks_at_least_every_64_items(where):
+async def test_a_fast_reader_yields_to_other_tasks_at_least_every_64_items(autojump_clock, where):
     config = RegistryConfig(max_events_per_run=BACKLOG, subscriber_buffer=BACKLOG)
     async with open_chat_run_registry(config) as registry:
         run = registry.try_start("c", park)
@@ -92,7 +92,7 @@ async def test_a_fast_reader_yields_to_other_tasks_at_least_every_64_items(where
         run.interrupt()
 
 
-async def test_items_between_schedule_points_cost_no_scheduling_round():
+async def test_items_between_schedule_points_cost_no_scheduling_round(autojump_clock):
     async with open_chat_run_registry() as registry:
         run = registry.try_start("c", park)
         for n in range(200):

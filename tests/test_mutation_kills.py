@@ -5,6 +5,7 @@ that no other test checked exactly. Time is Trio's MockClock (``autojump_clock``
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import trio
@@ -249,3 +250,153 @@ async def test_a_hook_that_fails_as_its_deadline_cancels_it_counts_as_one_failur
     assert hook_errors(caplog) == [
         f"on_run_end hook for run {run.run_id} (conversation 'chat-7') raised"
     ]
+
+
+# -- the complete run (2026-11-30, second session) -------------------------------
+
+
+async def test_the_interrupted_frame_is_measured_by_the_applications_frame_size(
+    autojump_clock,
+):
+    """``frame_size`` measures every frame of a budgeted run, the
+    ``{"type": "interrupted"}`` frame the registry pushes itself included
+    (the default measure would count its compact JSON, 22 bytes)."""
+    config = RegistryConfig(max_bytes_per_run=1000, frame_size=len)  # a dict's size: its keys
+    async with open_chat_run_registry(config) as registry:
+        run = registry.try_start("c", park)
+        run.push_frame({"n": 1, "text": "hello"})
+        await trio.sleep(1)  # the producer is parked
+        assert run.interrupt() is True
+        record = await run.wait()
+        assert record.status == ChatRunStatus.CANCELLED
+        assert [event.frame for event in registry.events("c")][-1] == {"type": "interrupted"}
+        assert registry.stats().buffered_bytes == 2 + 1
+
+
+class Bytes(int):
+    """An ``int`` subclass, as a ``frame_size`` may return (an ``IntEnum``, a
+    NumPy-style integer)."""
+
+
+async def test_a_frame_size_of_zero_bytes_is_a_size(autojump_clock):
+    """``frame_size`` returns an int of bytes ``>= 0``: zero is a size, not an
+    error, for any frame (the interrupted frame included) and for an ``int``
+    subclass too."""
+    config = RegistryConfig(max_bytes_per_run=10, frame_size=lambda frame: Bytes(len(frame)))
+    async with open_chat_run_registry(config) as registry:
+        run = registry.try_start("c", park)
+        assert run.push_frame("") == 1
+        assert run.push_frame("abc") == 2
+        assert registry.stats().buffered_bytes == 3
+        run.update("completed")
+    config = RegistryConfig(max_retained_bytes=10, frame_size=lambda frame: 0)
+    async with open_chat_run_registry(config) as registry:
+        run = registry.try_start("c", park)
+        run.push_frame({"n": 1})
+        await trio.sleep(1)
+        run.interrupt()
+        assert (await run.wait()).status == ChatRunStatus.CANCELLED
+        assert registry.stats().buffered_bytes == 0
+
+
+async def test_a_subscription_repr_names_its_class_run_conversation_and_cursor(autojump_clock):
+    async with open_chat_run_registry() as registry:
+        run = registry.try_start("chat-7", park)
+        run.push_frame({"n": 1})
+        run.push_frame({"n": 2})
+        async with registry.subscribe("chat-7", after=1) as subscription:
+            assert repr(subscription) == (
+                f"<ChatRunSubscription run={run.run_id} conversation='chat-7' last_seq=1>"
+            )
+            await subscription.__anext__()
+            assert repr(subscription).endswith(" last_seq=2>")
+        run.interrupt()
+
+
+async def test_the_registry_tells_the_server_which_run_end_hook_it_was_opened_with(
+    autojump_clock,
+):
+    """``ChatRunRegistry._run_end_hook()`` (internal, read by
+    ``trio_chatruns.server`` to check that its history is wired to the
+    registry): the ``on_run_end`` hook, or ``None`` without one."""
+
+    async def hook(record, events) -> None:
+        pass
+
+    async with open_chat_run_registry(on_run_end=hook) as registry:
+        assert registry._run_end_hook() is hook
+    async with open_chat_run_registry() as registry:
+        assert registry._run_end_hook() is None
+
+
+async def test_a_run_id_is_32_hex_digits_new_for_every_run(autojump_clock):
+    """``ChatRun.run_id``: "32 hex digits, new for every run" (a restarted
+    conversation is told apart from its last run)."""
+    async with open_chat_run_registry() as registry:
+        first = registry.try_start("c", park)
+        first.update("completed")
+        second = registry.try_start("c", park)
+        for run in (first, second):
+            assert re.fullmatch("[0-9a-f]{32}", run.run_id), run.run_id
+        assert first.run_id != second.run_id
+        second.interrupt()
+
+
+# -- what a new run and a new registry look like, and the exact refusals --------
+
+
+async def test_a_new_run_record_has_no_frames_no_tool_no_error_and_no_end(autojump_clock):
+    """``ChatRunRecord``: ``latest_seq`` 0, ``current_tool`` and ``last_error``
+    ``None`` until set, ``terminated_at`` ``None`` while active, and
+    ``started_at``/``updated_at`` the Trio time of the start."""
+    await trio.sleep(7)
+    async with open_chat_run_registry() as registry:
+        run = registry.try_start("c", park)
+        record = run.record
+        assert record.status is ChatRunStatus.RUNNING
+        assert (record.latest_seq, record.current_tool, record.last_error) == (0, None, None)
+        assert record.terminated_at is None
+        assert record.started_at == record.updated_at == trio.current_time() == 7
+        run.interrupt()
+
+
+async def test_registry_closed_is_the_bool_false_while_open(autojump_clock):
+    """``ChatRunRegistry.closed`` is a ``bool``: ``False`` inside the block,
+    ``True`` once it was left."""
+    async with open_chat_run_registry() as registry:
+        assert registry.closed is False
+    assert registry.closed is True
+
+
+def test_a_zero_run_end_timeout_is_refused_saying_so():
+    with pytest.raises(ValueError) as caught:
+        RegistryConfig(run_end_timeout=0)
+    assert str(caught.value) == "run_end_timeout must be > 0 seconds, not 0"
+
+
+async def test_an_empty_conversation_id_is_refused_saying_so(autojump_clock):
+    async with open_chat_run_registry() as registry:
+        with pytest.raises(ValueError) as caught:
+            registry.try_start("", park)
+        assert str(caught.value) == "conversation_id must be a non-empty str, not ''"
+
+
+async def test_a_refused_status_move_names_the_run_and_its_conversation(autojump_clock):
+    """``queued`` is set by the registry only, and a queued run takes a
+    terminal status only: each refusal names the run and the conversation."""
+    async with open_chat_run_registry() as registry:
+        active = registry.try_start("chat-7", park)
+        with pytest.raises(ValueError) as caught:
+            active.update("queued")
+        assert str(caught.value) == (
+            f"status 'queued' is set by the registry only (run {active.run_id!r}, "
+            "conversation 'chat-7')"
+        )
+        queued = registry.try_start("chat-7", park, if_active="enqueue")
+        with pytest.raises(ValueError) as caught:
+            queued.push_frame({"n": 1}, status="waiting_hitl")
+        assert str(caught.value) == (
+            f"run {queued.run_id!r} (conversation 'chat-7') is queued; "
+            "it becomes running when the registry starts it, not 'waiting_hitl'"
+        )
+        active.interrupt()

@@ -46,7 +46,7 @@ def test_run_queue_full_is_a_chat_run_error_and_pickles():
     assert (copy.conversation_id, copy.max_queued, str(copy)) == ("c", 3, str(exc))
 
 
-async def test_every_policy_starts_at_once_with_no_active_run():
+async def test_every_policy_starts_at_once_with_no_active_run(autojump_clock):
     async with open_chat_run_registry() as registry:
         for n, policy in enumerate(["reject", "interrupt", "enqueue", *StartPolicy]):
             run = registry.try_start(f"c{n}", park, if_active=policy)
@@ -56,7 +56,7 @@ async def test_every_policy_starts_at_once_with_no_active_run():
 
 
 @pytest.mark.parametrize("bad", ["Reject", "", "queue", 1, None, ChatRunStatus.RUNNING])
-async def test_unknown_policy_is_a_value_error_and_changes_nothing(bad):
+async def test_unknown_policy_is_a_value_error_and_changes_nothing(autojump_clock, bad):
     async with open_chat_run_registry() as registry:
         first = registry.try_start("c", park)
         before = registry.stats()
@@ -69,7 +69,7 @@ async def test_unknown_policy_is_a_value_error_and_changes_nothing(bad):
         first.interrupt()
 
 
-async def test_reject_is_the_default_and_changes_nothing():
+async def test_reject_is_the_default_and_changes_nothing(autojump_clock):
     async with open_chat_run_registry() as registry:
         first = registry.try_start("c", park)
         with pytest.raises(RunAlreadyActive) as info:
@@ -122,7 +122,7 @@ async def test_enqueue_runs_in_fifo_order_one_at_a_time(autojump_clock):
         assert registry.stats().queued == 0
 
 
-async def test_a_queued_run_starts_in_the_same_step_its_predecessor_ends():
+async def test_a_queued_run_starts_in_the_same_step_its_predecessor_ends(autojump_clock):
     async with open_chat_run_registry() as registry:
         a = registry.try_start("c", park)
         b = registry.try_start("c", park, if_active="enqueue")
@@ -138,7 +138,7 @@ async def test_a_queued_run_starts_in_the_same_step_its_predecessor_ends():
         b.interrupt()
 
 
-async def test_enqueue_past_the_limit_raises_run_queue_full_and_changes_nothing():
+async def test_enqueue_past_the_limit_raises_run_queue_full_and_changes_nothing(autojump_clock):
     config = RegistryConfig(max_queued_per_conversation=2)
     async with open_chat_run_registry(config) as registry:
         a = registry.try_start("c", park)
@@ -155,7 +155,7 @@ async def test_enqueue_past_the_limit_raises_run_queue_full_and_changes_nothing(
         a.interrupt()
 
 
-async def test_max_queued_zero_refuses_every_enqueue_on_a_busy_conversation():
+async def test_max_queued_zero_refuses_every_enqueue_on_a_busy_conversation(autojump_clock):
     config = RegistryConfig(max_queued_per_conversation=0)
     async with open_chat_run_registry(config) as registry:
         a = registry.try_start("c", park, if_active="enqueue")  # idle: starts
@@ -175,7 +175,9 @@ def test_max_queued_per_conversation_is_validated(bad):
         RegistryConfig(max_queued_per_conversation=bad)
 
 
-async def test_interrupt_policy_cancels_the_queue_and_starts_after_the_interrupted_run():
+async def test_interrupt_policy_cancels_the_queue_and_starts_after_the_interrupted_run(
+    autojump_clock,
+):
     started = []
 
     async def worker(run: ChatRun, name: str) -> None:
@@ -216,7 +218,9 @@ async def test_interrupt_policy_cancels_the_queue_and_starts_after_the_interrupt
         new.interrupt()
 
 
-async def test_interrupt_policy_when_the_active_producer_never_started_starts_at_once():
+async def test_interrupt_policy_when_the_active_producer_never_started_starts_at_once(
+    autojump_clock,
+):
     async with open_chat_run_registry() as registry:
         a = registry.try_start("c", park)  # its producer has not run yet
         b = registry.try_start("c", park, if_active="interrupt")
@@ -227,7 +231,7 @@ async def test_interrupt_policy_when_the_active_producer_never_started_starts_at
         b.interrupt()
 
 
-async def test_a_queued_run_interrupted_before_it_starts_never_runs_its_producer():
+async def test_a_queued_run_interrupted_before_it_starts_never_runs_its_producer(autojump_clock):
     ran = []
 
     async def never(run: ChatRun) -> None:  # pragma: no cover - must not run
@@ -252,7 +256,7 @@ async def test_a_queued_run_interrupted_before_it_starts_never_runs_its_producer
     assert ran == []
 
 
-async def test_keyed_interrupt_acts_on_the_current_run_then_the_queue_goes_on():
+async def test_keyed_interrupt_acts_on_the_current_run_then_the_queue_goes_on(autojump_clock):
     async with open_chat_run_registry() as registry:
         a = registry.try_start("c", park)
         b = registry.try_start("c", park, if_active="enqueue")
@@ -293,7 +297,9 @@ async def test_subscribe_to_a_queued_run_waits_for_its_frames_and_ends_with_it(a
         assert b.record.status is ChatRunStatus.COMPLETED
 
 
-async def test_a_subscriber_of_a_queued_run_that_is_cancelled_gets_the_interrupted_frame():
+async def test_a_subscriber_of_a_queued_run_that_is_cancelled_gets_the_interrupted_frame(
+    autojump_clock,
+):
     async with open_chat_run_registry() as registry:
         a = registry.try_start("c", park)
         b = registry.try_start("c", park, if_active="enqueue")
@@ -306,7 +312,7 @@ async def test_a_subscriber_of_a_queued_run_that_is_cancelled_gets_the_interrupt
         a.interrupt()
 
 
-async def test_closing_ends_queued_runs_cancelled_without_running_them():
+async def test_closing_ends_queued_runs_cancelled_without_running_them(autojump_clock):
     ran = []
 
     async def never(run: ChatRun) -> None:  # pragma: no cover - must not run
@@ -324,7 +330,9 @@ async def test_closing_ends_queued_runs_cancelled_without_running_them():
     assert registry.queued("c") == []
 
 
-async def test_a_queued_run_accepts_frames_and_a_terminal_status_but_no_active_status():
+async def test_a_queued_run_accepts_frames_and_a_terminal_status_but_no_active_status(
+    autojump_clock,
+):
     async with open_chat_run_registry() as registry:
         a = registry.try_start("c", park)
         b = registry.try_start("c", park, if_active="enqueue")

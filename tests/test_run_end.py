@@ -35,7 +35,7 @@ class Recorder:
         return [record.run_id for record, _ in self.calls]
 
 
-async def test_the_hook_gets_the_final_record_and_the_buffered_events():
+async def test_the_hook_gets_the_final_record_and_the_buffered_events(autojump_clock):
     hook = Recorder()
     config = RegistryConfig(max_events_per_run=3)
     async with open_chat_run_registry(config, on_run_end=hook) as registry:
@@ -144,7 +144,9 @@ async def test_the_hook_never_runs_in_the_producer_task_nor_delays_subscribers(a
         hook_release.set()
 
 
-async def test_a_hook_that_raises_is_logged_counted_and_changes_nothing_else(caplog):
+async def test_a_hook_that_raises_is_logged_counted_and_changes_nothing_else(
+    autojump_clock, caplog
+):
     calls = []
 
     async def hook(record, events) -> None:
@@ -246,7 +248,7 @@ async def test_hooks_complete_even_when_the_registry_is_left_by_an_error_or_a_ca
     assert saved == [run.run_id, other.run_id]
 
 
-async def test_a_body_error_propagates_as_itself_with_a_hook():
+async def test_a_body_error_propagates_as_itself_with_a_hook(autojump_clock):
     async def hook(record, events) -> None:
         pass
 
@@ -257,7 +259,7 @@ async def test_a_body_error_propagates_as_itself_with_a_hook():
 
 
 @pytest.mark.parametrize("bad", [print, lambda record, events: None, "hook", 1])
-async def test_on_run_end_must_be_an_async_function(bad):
+async def test_on_run_end_must_be_an_async_function(autojump_clock, bad):
     with pytest.raises(TypeError, match="on_run_end"):
         async with open_chat_run_registry(on_run_end=bad):
             pass  # pragma: no cover

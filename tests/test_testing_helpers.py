@@ -48,7 +48,7 @@ def test_the_example_is_shown_in_the_docs():
 
 
 async def test_the_registry_fixture_is_open_and_records_run_ends(
-    chat_run_registry, chat_run_ends, chat_run_config
+    autojump_clock, chat_run_registry, chat_run_ends, chat_run_config
 ):
     assert chat_run_registry.config == chat_run_config == RegistryConfig()
     assert not chat_run_registry.closed
@@ -91,7 +91,7 @@ async def test_scripted_producer_plays_frames_pushes_sleeps_waits_and_raises(
     assert collector.error is None and collector.done
 
 
-async def test_a_terminal_push_ends_the_script(chat_run_registry):
+async def test_a_terminal_push_ends_the_script(autojump_clock, chat_run_registry):
     run = chat_run_registry.try_start(
         "c", scripted_producer(Push("bye", status="completed"), "never")
     )
@@ -107,7 +107,7 @@ def test_scripted_producer_refuses_bad_delays(bad):
         scripted_producer(Sleep(-1))
 
 
-async def test_the_collector_reports_lag():
+async def test_the_collector_reports_lag(autojump_clock):
     from trio_chatruns import open_chat_run_registry
 
     async with open_chat_run_registry(RegistryConfig(subscriber_buffer=1)) as registry:

@@ -70,7 +70,7 @@ def test_config_accepts_the_edges():
     assert RegistryConfig(terminal_retention=math.inf).terminal_retention == math.inf
 
 
-async def test_open_rejects_a_config_of_the_wrong_type():
+async def test_open_rejects_a_config_of_the_wrong_type(autojump_clock):
     with pytest.raises(TypeError, match="max_events_per_run"):
         async with open_chat_run_registry({"max_events_per_run": 5}):  # type: ignore[arg-type]
             pass  # pragma: no cover

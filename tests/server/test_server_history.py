@@ -7,7 +7,6 @@ Servers run in-process (``serve``) or as the ``trio-chatruns`` console script
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 
@@ -184,7 +183,7 @@ async def test_sigterm_mid_reply_then_restart_shows_the_cut_reply(tmp_path):
                             if '"type":"token"' in line:
                                 received += line.split('"text":"')[1].split('"')[0]
                             if len(received) > 40:
-                                server.process.send_signal(signal.SIGTERM)
+                                server.terminate()  # once: stop() below must not send a second
                                 reading.cancel()
         assert await server.stop() == 0
     async with serve_process(cwd=tmp_path) as server:

@@ -215,6 +215,7 @@ class RedisChatRuns(metaclass=NoPublicConstructor):
             if reply.outcome == "active":
                 raise RunAlreadyActive(conversation_id, reply.other_run_id)
             raise RunQueueFull(conversation_id, limit)
+        state.start_answered = True
         state.started_at = state.updated_at = reply.started_ms / 1000.0
         self._runs_nursery.start_soon(
             write_run,

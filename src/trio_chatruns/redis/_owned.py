@@ -54,6 +54,10 @@ class OwnedRun:
         self.active_status = status
         # (run handle, producer, args) while the run is queued.
         self.pending_start: tuple[Any, ...] | None = None
+        # Set once the START script's answer came (the run started or was
+        # queued): only then is a renewal sent after the START, so only then
+        # does a RENEW that finds no run mean Redis lost it.
+        self.start_answered = False
         # With a byte budget: how frames are measured, and the sizes of the
         # frames its stream keeps (trimmed as the WRITE script trims it).
         self.measure: Callable[[Any], int] | None = None

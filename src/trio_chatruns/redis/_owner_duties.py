@@ -65,10 +65,18 @@ async def renew_leases(
     here, current and queued (one pipelined round trip), and hand each answer
     to ``on_renewed``: a run lost to another worker (or to Redis), an
     interrupt flagged in Redis whose pub/sub message was lost, a queued run
-    that started while its message was lost."""
+    that started while its message was lost.
+
+    A run whose ``START`` has not been answered yet is left out: its
+    ``RENEW`` could reach Redis first (another connection) and find no run,
+    which would end a fresh run ``failed`` as lost."""
     while True:
         await trio.sleep(lease / 3)
-        active = [state for state in owned.values() if state.terminated_at is None]
+        active = [
+            state
+            for state in owned.values()
+            if state.start_answered and state.terminated_at is None
+        ]
         if not active:
             continue
         try:

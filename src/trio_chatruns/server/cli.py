@@ -219,6 +219,12 @@ def parser() -> argparse.ArgumentParser:
         help="send clients the whole text of a model's exception (otherwise they get its "
         "type and a summary, and the whole text goes to the log only)",
     )
+    ops.add_argument(
+        "--gc-defaults",
+        action="store_true",
+        help="keep Python's garbage collector settings (otherwise the objects alive at "
+        "startup are frozen and young collections run less often)",
+    )
     sec = p.add_argument_group("security (see docs/server.md, Security)")
     sec.add_argument(
         "--api-key",
@@ -316,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sse_retry_ms=args.sse_retry_ms,
             redis=args.redis,
             redis_lease=args.redis_lease,
+            tune_gc=not args.gc_defaults,
         )
         if settings.redis is not None:
             require_coredis()

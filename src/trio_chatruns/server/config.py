@@ -156,6 +156,12 @@ class ServerSettings:
             dead worker's lease lapses, its runs end ``failed`` for every
             other worker. Default 10 (``trio_chatruns.redis.open_redis_chat_runs``'s
             ``lease``); give every worker the same.
+        tune_gc (bool): while serving, freeze the objects alive at startup
+            and raise the garbage collector's young threshold (see
+            :mod:`trio_chatruns.server.gc_tuning`; process-wide, undone when
+            :func:`serve` returns). Off by default here, so embedding leaves
+            the collector alone; ``trio-chatruns serve`` turns it on unless
+            given ``--gc-defaults``.
     """
 
     host: str = attrs.field(default=DEFAULT_HOST, validator=v.instance_of(str))
@@ -184,3 +190,4 @@ class ServerSettings:
     allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
     redis: str | None = attrs.field(default=None, validator=_check_redis_url, repr=False)
     redis_lease: float = attrs.field(default=10.0, validator=_pos_float)
+    tune_gc: bool = attrs.field(default=False, validator=v.instance_of(bool))

@@ -33,6 +33,7 @@ status 1 a second later (a library function does not end the process).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import socket
@@ -52,6 +53,7 @@ from .auth import ensure_api_key, log_exposure
 from .config import ServerSettings
 from .connections import WriteDeadlines, install
 from .conversations import open_conversation_history
+from .gc_tuning import tuned_gc
 from .producers import describe_model
 
 if TYPE_CHECKING:
@@ -250,8 +252,15 @@ async def _serve(
     assert deadlines is not None
     stop = trio.Event()
     server: ChatServer | None = None
+    # Cancelled by a second signal: hypercorn and everything it runs.
+    hard_stop = trio.CancelScope()
     async with trio.open_nursery() as guard:
         guard.start_soon(_shutdown_watchdog, stop, settings, lambda: server)
+        if handle_signals:
+            # Watched until the registry has closed (step 4 of a shutdown
+            # saves the cut replies): a signal then must not find Python's
+            # default handler, which would kill the process (status -15).
+            guard.start_soon(_watch_signals, stop, hard_stop, deadlines)
         async with _open_runs(settings, registry_config) as (registry, history):
             server = ChatServer(
                 registry, model, settings, history=history, on_shutdown_request=stop.set
@@ -268,24 +277,29 @@ async def _serve(
                 # any write still blocked half-way through hypercorn's drain.
                 deadlines.cut(grace=settings.graceful_timeout / 2)
 
-            async with trio.open_nursery() as nursery:
+            # Startup is done (modules imported, app built): what is alive now
+            # lives as long as the server (see .gc_tuning).
+            with (
+                tuned_gc() if settings.tune_gc else contextlib.nullcontext(),
+                hard_stop,
+            ):
+                async with trio.open_nursery() as nursery:
 
-                async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                    await hypercorn.trio.serve(
-                        server.app,  # type: ignore[arg-type]  # Starlette's ASGI types are looser
-                        config,
-                        shutdown_trigger=shutdown_trigger,
-                        task_status=task_status,
-                    )
-                    nursery.cancel_scope.cancel()  # stop the signal watcher
+                    async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                        await hypercorn.trio.serve(
+                            server.app,  # type: ignore[arg-type]  # Starlette's ASGI types are looser
+                            config,
+                            shutdown_trigger=shutdown_trigger,
+                            task_status=task_status,
+                        )
 
-                if handle_signals:
-                    nursery.start_soon(_watch_signals, stop, nursery.cancel_scope, deadlines)
-                urls = await nursery.start(run_hypercorn)
-                _log_startup(urls, model, settings, server.backend.config)
-                log_exposure(settings, urls, generated_key)
-                task_status.started(RunningServer(server, urls, _stop=stop))
-        guard.cancel_scope.cancel()  # the registry closed: the watchdog has nothing to say
+                    urls = await nursery.start(run_hypercorn)
+                    _log_startup(urls, model, settings, server.backend.config)
+                    log_exposure(settings, urls, generated_key)
+                    task_status.started(RunningServer(server, urls, _stop=stop))
+        # The registry closed: the watchdog has nothing to say, the signals
+        # go back to Python's handlers.
+        guard.cancel_scope.cancel()
     assert server is not None
     stats = server.stats()
     logger.info(

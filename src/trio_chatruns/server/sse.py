@@ -119,6 +119,10 @@ def parse_cursor(value: str) -> Cursor:
 
 _SEPARATORS = (",", ":")
 _MAX_DEPTH = 100
+# Built once: json.dumps with these options builds a JSONEncoder per call,
+# which is half the cost of encoding a small frame; the output is the same.
+_ENCODER = json.JSONEncoder(separators=_SEPARATORS, ensure_ascii=False, allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(separators=_SEPARATORS, ensure_ascii=True, allow_nan=False)
 
 
 def to_json(value: Any) -> str:
@@ -141,14 +145,14 @@ def to_json(value: Any) -> str:
     and are written exactly as :func:`json.dumps` would.
     """
     try:
-        text = json.dumps(value, separators=_SEPARATORS, ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):
         value = _json_safe(value, 0, set())
-        text = json.dumps(value, separators=_SEPARATORS, ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(value)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: escape it, the rest too
-        text = json.dumps(value, separators=_SEPARATORS, ensure_ascii=True, allow_nan=False)
+        text = _ASCII_ENCODER.encode(value)
     return text
 
 

@@ -24,11 +24,10 @@ from .sse import (
     encode_comment,
     encode_sse,
     format_cursor,
-    record_to_json,
     to_json,
 )
 from .streams import StreamRefusal, pump, resolve_stream
-from .wire import sse_event
+from .wire import sse_end, sse_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,6 +46,8 @@ RETRY_AFTER_SECONDS = 1
 class _SSESink:
     """SSE messages as bytes; :meth:`send` writes a batch as one body chunk,
     the final batch as the body's last one."""
+
+    coalesce = True  # a batch is one body chunk: one write
 
     def __init__(self, send: Send, retry_ms: int, before_final: Callable[[], None]) -> None:
         self._send = send
@@ -67,11 +68,7 @@ class _SSESink:
         return _PING
 
     def end(self, record: ChatRunRecord | None, reason: str) -> bytes:
-        data = (
-            {"reason": reason} if record is None else {**record_to_json(record), "reason": reason}
-        )
-        event_id = None if record is None else format_cursor(record.run_id, record.latest_seq)
-        return encode_sse(to_json(data), event="end", id=event_id)
+        return sse_end(record, reason)
 
     def lagged(self, resume_after: int, run_id: str) -> bytes:
         # The id makes EventSource's Last-Event-ID exactly the resume point.

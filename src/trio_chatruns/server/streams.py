@@ -171,6 +171,12 @@ MAX_BATCH = 512
 """Most messages a stream sends in one write."""
 MAX_BATCH_BYTES = 256 * 1024
 """A write stops taking more messages past this size (large frames)."""
+COALESCE_ROUNDS = 8
+"""Most scheduling rounds a stream lets pass, while its run's frames keep
+arriving, before it writes them (see :func:`_coalesce`)."""
+COALESCE_MAX_DELAY = 0.001
+"""Seconds (Trio clock) after which a stream stops gathering frames: it holds
+them back at most this long plus one scheduling round."""
 
 
 class StreamSink(Protocol[M]):
@@ -178,8 +184,13 @@ class StreamSink(Protocol[M]):
 
     The message methods only encode (synchronous, no checkpoint); :meth:`send`
     writes what :func:`pump` collected, as few writes as the transport allows
-    (SSE: one body; WebSocket: one message each).
+    (SSE: one body; WebSocket: one message each). ``coalesce`` says whether
+    a batch of several messages costs less than as many single ones (true
+    for SSE, where a batch is one write): then :func:`pump` waits a few
+    scheduling rounds for more when frames arrive faster than it writes.
     """
+
+    coalesce: bool
 
     def event(self, event: ChatRunEvent) -> M: ...
     def gap(self, first: int, last: int, run_id: str) -> M: ...
@@ -192,8 +203,10 @@ class StreamSink(Protocol[M]):
 async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> None:
     """Deliver ``plan``'s run to ``sink`` until it ends, lags, or is cancelled.
 
-    One task does all of it: it takes whatever events are ready, sends them
-    in one :meth:`StreamSink.send`, and waits only when nothing is; the
+    One task does all of it: it takes whatever events are ready (when they
+    come faster than it writes, it first lets a few scheduling rounds pass
+    to gather more: :func:`_coalesce`), sends them in one
+    :meth:`StreamSink.send`, and waits only when nothing is; the
     heartbeat is the deadline of that one wait (``heartbeat_interval``
     seconds after the last send), not a timer per event. The last send is
     ``final``: the run's ``end`` (after its last frame, with the reason of
@@ -209,6 +222,8 @@ async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> No
     gap_from: int | None = None
     out: list[M] = []
     heartbeat = server.settings.heartbeat_interval
+    # Gathering stops well before the subscriber's queue could fill (lag).
+    gather = min(MAX_BATCH, max(2, server.backend.config.subscriber_buffer // 2))
     while True:
         try:
             async with server.backend.subscribe(
@@ -216,7 +231,7 @@ async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> No
             ) as subscription:
                 if gap_from is not None:
                     out.append(sink.gap(gap_from, after, plan.run_id))
-                await _deliver(subscription, sink, out, heartbeat)
+                await _deliver(subscription, sink, out, heartbeat, gather)
                 record: ChatRunRecord | None = subscription.record
         except ReplayGap as gap:
             # Raised on entering, which does not checkpoint: the retry below
@@ -245,14 +260,23 @@ async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> No
 
 
 async def _deliver(
-    subscription: StreamSubscription, sink: StreamSink[M], out: list[M], heartbeat: float
+    subscription: StreamSubscription,
+    sink: StreamSink[M],
+    out: list[M],
+    heartbeat: float,
+    gather: int = MAX_BATCH,
 ) -> None:
     """Send ``subscription``'s events until it ends; ``out`` holds what is not sent yet
-    (on return: the last batch, which ``pump`` sends with the ``end`` message)."""
+    (on return: the last batch, which ``pump`` sends with the ``end`` message).
+    ``gather``: most frames queued while gathering (:func:`_coalesce`)."""
     deadline = trio.current_time() + heartbeat
+    coalesce = sink.coalesce
+    eager = True  # gathering paid off last time (or was not tried yet)
     try:
         while True:
             if not out:
+                if coalesce:
+                    eager = await _coalesce(subscription, eager, gather)
                 with trio.CancelScope(deadline=deadline) as wait:
                     out.append(sink.event(await subscription.__anext__()))
                 if wait.cancelled_caught:
@@ -277,3 +301,53 @@ async def _deliver(
             deadline = trio.current_time() + heartbeat
     except StopAsyncIteration:
         return
+
+
+async def _coalesce(subscription: StreamSubscription, eager: bool, limit: int = MAX_BATCH) -> bool:
+    """Let frames that arrive faster than this stream writes gather for one write.
+
+    Called before a stream takes its next batch. Frames already queued then
+    arrived while the previous batch was being written: the producer may
+    outpace the writes, so the stream lets scheduling rounds pass for as long
+    as each brings more frames (at most :data:`COALESCE_ROUNDS` rounds and
+    :data:`COALESCE_MAX_DELAY` seconds), then writes them all at once: one
+    SSE write per batch instead of one per frame (the write path, not the
+    frame, is what costs); two rounds in a row without a frame end it.
+
+    It returns at once, without a checkpoint, when nothing is queued (a
+    producer slower than the writes: tokens at a human pace), the run is
+    terminal, ``limit`` frames are queued (``pump`` passes half the
+    subscriber buffer, so gathering stops well before the stream could lag),
+    or the last gathering found nothing more (``eager`` false: a frame that
+    happened to arrive during a slow write) unless two or more frames are
+    queued. Returns whether to gather next time: whether this gathering
+    brought a frame (or ``eager`` as given, when it did not try). Each round
+    is a checkpoint (cancellation propagates).
+    """
+    record = subscription.record
+    latest = record.latest_seq
+    queued = latest - subscription.last_seq
+    if queued == 0 or record.status.is_terminal or queued >= limit:
+        return eager
+    if not eager and queued < 2:
+        return False
+    until = trio.current_time() + COALESCE_MAX_DELAY
+    gained = False
+    idle = 0
+    for _ in range(COALESCE_ROUNDS):
+        await trio.lowlevel.checkpoint()
+        record = subscription.record
+        if record.latest_seq == latest:
+            # Tasks run in a random order within a round (Trio's scheduler),
+            # so a producer pushing every round can miss one: two in a row
+            # without a frame end the gathering.
+            idle += 1
+            if idle == 2:
+                break
+        else:
+            gained, idle, latest = True, 0, record.latest_seq
+            if record.status.is_terminal or latest - subscription.last_seq >= limit:
+                break
+        if trio.current_time() >= until:
+            break
+    return gained

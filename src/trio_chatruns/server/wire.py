@@ -7,6 +7,9 @@ and the cache holds the event itself, so an identity is never reused while
 its entry lives); the cache is bounded in entries and in bytes, so a burst of
 large frames cannot grow it.
 
+The ``end`` message of a run's streams is encoded once too: they end
+together, with the same final record (:func:`sse_end` remembers the last).
+
 The encodings are exactly those of :mod:`.sse` (``to_json`` of
 ``event_to_json``, then an SSE message with ``id: <run_id>:<seq>``): a frame
 reads the same in ``/events``, on SSE and on WebSocket.
@@ -17,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from .sse import event_to_json, to_json
+from .sse import encode_sse, event_to_json, format_cursor, record_to_json, to_json
 
 if TYPE_CHECKING:
-    from .. import ChatRunEvent
+    from .. import ChatRunEvent, ChatRunRecord
 
-__all__ = ["EncodingCache", "sse_event", "ws_event"]
+__all__ = ["EncodingCache", "sse_end", "sse_event", "ws_event"]
 
 T = TypeVar("T", bytes, str)
 
@@ -82,3 +85,26 @@ sse_event: EncodingCache[bytes] = EncodingCache(_sse_event)
 """One frame as an SSE message: ``id: <run_id>:<seq>``, ``data: <event JSON>``."""
 ws_event: EncodingCache[str] = EncodingCache(_ws_event)
 """One frame as a WebSocket text message: ``{"type": "event", ...event}``."""
+
+
+_last_end: tuple[tuple[ChatRunRecord | None, str], bytes] | None = None
+
+
+def sse_end(record: ChatRunRecord | None, reason: str) -> bytes:
+    """The SSE ``end`` message: ``event: end``, ``id: <run_id>:<latest_seq>``
+    (none without a record), data the final record with ``reason``.
+
+    The last one is remembered, by value (a record is frozen): the thousand
+    streams of a run that ends send the same message, encoded once. Must be
+    called inside ``trio.run`` (the record's times are converted to wall-clock).
+    """
+    global _last_end
+    key = (record, reason)
+    last = _last_end
+    if last is not None and last[0] == key:
+        return last[1]
+    data = {"reason": reason} if record is None else {**record_to_json(record), "reason": reason}
+    event_id = None if record is None else format_cursor(record.run_id, record.latest_seq)
+    message = encode_sse(to_json(data), event="end", id=event_id)
+    _last_end = (key, message)  # one tuple: a reader sees both or neither
+    return message

@@ -35,6 +35,8 @@ class _WSSink:
     message each and, after the final batch, closes with the code the last
     message called for."""
 
+    coalesce = False  # one message per frame whatever the batch
+
     def __init__(self, websocket: WebSocket) -> None:
         self._ws = websocket
         self._close: tuple[int, str | None] = (WS_CLOSE_DONE, None)
