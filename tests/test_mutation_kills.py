@@ -4,7 +4,9 @@ that no other test checked exactly. Time is Trio's MockClock (``autojump_clock``
 
 from __future__ import annotations
 
+import gc
 import logging
+import math
 import re
 
 import pytest
@@ -400,3 +402,75 @@ async def test_a_refused_status_move_names_the_run_and_its_conversation(autojump
             "it becomes running when the registry starts it, not 'waiting_hitl'"
         )
         active.interrupt()
+
+
+# -- the complete run's last survivors (2026-11-30, third session) -----------------
+
+
+def _states_of(run_id: str) -> list[object]:
+    """The run states alive in memory for ``run_id`` (after a full collection)."""
+    gc.collect()
+    return [
+        obj
+        for obj in gc.get_objects()
+        if type(obj).__name__ == "RunState" and getattr(obj, "run_id", None) == run_id
+    ]
+
+
+@pytest.mark.parametrize("ending", ["returns", "raises", "interrupted", "never started"])
+async def test_a_run_ended_by_its_producers_exit_leaves_no_trace_once_replaced(
+    autojump_clock, monkeypatch, ending
+):
+    """Memory stays bounded (API.md): a run that ended *because* its producer
+    exited (it returned: ``completed``; raised: ``failed``; was interrupted:
+    ``cancelled``), or that was interrupted before its producer ever ran, has
+    no producer left to stop, so the registry keeps no record of one: replacing
+    the run frees it. (Only a producer still running after its run ended is
+    remembered, until it exits, so that evicting the run can cancel it.)"""
+    # A captured log record would keep the traceback, and with it the run, alive.
+    monkeypatch.setattr(logging.getLogger("trio_chatruns"), "disabled", True)
+
+    async def producer(run):
+        await trio.sleep(1)
+        if ending == "raises":
+            raise RuntimeError("model failed")
+        if ending == "interrupted":
+            await trio.sleep_forever()
+
+    expected = {
+        "returns": ChatRunStatus.COMPLETED,
+        "raises": ChatRunStatus.FAILED,
+        "interrupted": ChatRunStatus.CANCELLED,
+        "never started": ChatRunStatus.CANCELLED,
+    }[ending]
+    config = RegistryConfig(terminal_retention=math.inf)
+    async with open_chat_run_registry(config) as registry:
+        run = registry.try_start("c", producer)
+        old_id = run.run_id
+        if ending == "never started":
+            assert run.interrupt() is True  # in the round that started it
+        elif ending == "interrupted":
+            await trio.sleep(2)
+            assert run.interrupt() is True
+        assert (await run.wait()).status is expected
+        await trio.sleep(5)  # every task of the run has exited
+        del run
+        assert len(_states_of(old_id)) == 1  # still retained
+        registry.try_start("c", park)
+        assert _states_of(old_id) == []
+
+
+@pytest.mark.parametrize("setting", ["terminal_retention", "run_end_timeout"])
+def test_a_bad_number_of_seconds_is_refused_naming_the_setting(setting):
+    """``RegistryConfig``: a clear error naming the setting and the bad value."""
+    with pytest.raises(TypeError) as caught:
+        RegistryConfig(**{setting: "5"})
+    assert str(caught.value) == f"{setting} must be a number of seconds, not '5'"
+    with pytest.raises(ValueError) as caught:
+        RegistryConfig(**{setting: -1})
+    assert str(caught.value) == f"{setting} must be >= 0 seconds, not -1"
+    with pytest.raises(ValueError) as caught:
+        RegistryConfig(**{setting: 10**400})
+    assert str(caught.value) == (
+        f"{setting}={10**400!r} is too large for a float; use math.inf for 'forever'"
+    )
