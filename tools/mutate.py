@@ -3,8 +3,9 @@
 Run by ``nox -s mutate`` (``nox -s mutate -- core`` or ``-- server`` for one
 group; ``-- --quick`` keeps the work directory and the verdicts in it: it tests
 the mutants of functions changed since the last run, then re-tests the last
-run's survivors against the current tests). Not part of ``nox``'s default
-sessions: it takes minutes, not seconds (see ``docs/testing.md``).
+run's survivors, and the mutants no test reached, against the current tests).
+Not part of ``nox``'s default sessions: it takes minutes, not seconds (see
+``docs/testing.md``).
 
 Each group is mutated in its own work directory, ``.mutmut/<group>/``, holding
 a copy of ``src/``, ``tests/`` and ``pyproject.toml`` and a ``setup.cfg`` with
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutmut"
@@ -279,11 +280,17 @@ def main() -> int:
             run = subprocess.run(
                 [*command, *only], cwd=work, stdout=output, stderr=subprocess.STDOUT, env=env
             )
-            survivors = _summary(work)["survivors"] if run.returncode == 0 and args.quick else []
-            if survivors:
-                # mutmut keeps earlier verdicts; survivors must meet the new tests.
+            retest: list[str] = []
+            if run.returncode == 0 and args.quick:
+                # mutmut keeps earlier verdicts: survivors must meet the new
+                # tests, and so must the mutants no test reached last time (a
+                # new test may call their function now).
+                earlier = _summary(work)
+                for key in ("survivors", "no_tests"):
+                    retest.extend(cast("list[str]", earlier[key]))
+            if retest:
                 run = subprocess.run(
-                    [*command, *survivors],
+                    [*command, *retest],
                     cwd=work,
                     stdout=output,
                     stderr=subprocess.STDOUT,
