@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -64,6 +65,44 @@ async def wait_until(condition, *, poll: float = 0.005) -> None:
 
 SCRIPT = Path(sys.executable).with_name("trio-chatruns")
 """The console script installed next to the running Python."""
+
+
+class RecordingSink:
+    """A :class:`trio_chatruns.server.streams.StreamSink` that records what
+    ``pump`` gives it: each message as a tuple (``("event", seq)``,
+    ``("gap", first, last)``, ``("ping",)``, ``("end", reason)``,
+    ``("lagged", resume_after, run_id)``), each write in ``sent`` as
+    ``(messages, final)``; a write takes one scheduling round, as a socket
+    write does. ``coalesce`` is the SSE sink's (gathering on)."""
+
+    coalesce = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[list[Any], bool]] = []
+
+    @property
+    def batches(self) -> list[list[Any]]:
+        """The messages of each write, in order."""
+        return [messages for messages, _ in self.sent]
+
+    def event(self, event: Any) -> tuple[Any, ...]:
+        return ("event", event.seq)
+
+    def gap(self, first: int, last: int, run_id: str) -> tuple[Any, ...]:
+        return ("gap", first, last)
+
+    def ping(self) -> tuple[Any, ...]:
+        return ("ping",)
+
+    def end(self, record: Any, reason: str) -> tuple[Any, ...]:
+        return ("end", reason)
+
+    def lagged(self, resume_after: int, run_id: str) -> tuple[Any, ...]:
+        return ("lagged", resume_after, run_id)
+
+    async def send(self, messages: list[Any], *, final: bool) -> None:
+        self.sent.append((list(messages), final))
+        await trio.lowlevel.checkpoint()
 
 
 class ServeProcess:

@@ -20,6 +20,8 @@ from trio_chatruns.server.sse import Cursor
 from trio_chatruns.server.state import ServerState, as_backend
 from trio_chatruns.server.streams import StreamRefusal, pump, resolve_stream
 
+from helpers import RecordingSink
+
 
 async def producer(run):
     run.push_frame({"type": "token", "text": "a"})
@@ -77,29 +79,6 @@ class _Down:
         return False
 
 
-class _Sink:
-    def __init__(self):
-        self.sent = []
-
-    def event(self, event):
-        return ("event", event.seq)
-
-    def gap(self, first, last, run_id):
-        return ("gap", first, last)
-
-    def ping(self):
-        return ("ping",)
-
-    def end(self, record, reason):
-        return ("end", reason)
-
-    def lagged(self, resume_after, run_id):
-        return ("lagged", resume_after, run_id)
-
-    async def send(self, messages, *, final):
-        self.sent.append((list(messages), final))
-
-
 async def test_a_store_down_when_subscribing_tells_the_client_to_resume():
     async with open_chat_run_registry() as registry:
         run = registry.try_start("c", producer)
@@ -108,7 +87,7 @@ async def test_a_store_down_when_subscribing_tells_the_client_to_resume():
     server = ServerState(_Down(record), ScriptedModel())
     plan = await resolve_stream(server, "c", Cursor(run_id=record.run_id, after=1), True)
     assert not isinstance(plan, StreamRefusal)
-    sink = _Sink()
+    sink = RecordingSink()
     await pump(server, plan, sink)
     # The client's own cursor, so it reconnects from where it was; not counted as lag.
     assert sink.sent == [([("lagged", 1, record.run_id)], True)]

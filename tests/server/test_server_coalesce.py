@@ -31,35 +31,9 @@ from trio_chatruns.server.streams import (
 )
 from trio_chatruns.server.wire import sse_event
 
+from helpers import RecordingSink
+
 FRAMES = 300
-
-
-class _Sink:
-    """Records each batch; every write takes one scheduling round, as a socket write does."""
-
-    coalesce = True
-
-    def __init__(self):
-        self.batches = []
-
-    def event(self, event):
-        return ("event", event.seq)
-
-    def gap(self, first, last, run_id):
-        return ("gap", first, last)
-
-    def ping(self):
-        return ("ping",)
-
-    def end(self, record, reason):
-        return ("end", reason)
-
-    def lagged(self, resume_after, run_id):
-        return ("lagged", resume_after)
-
-    async def send(self, messages, *, final):
-        self.batches.append(list(messages))
-        await trio.lowlevel.checkpoint()
 
 
 def fast_producer(go):
@@ -104,7 +78,7 @@ def _flat(batches):
 
 async def test_frames_faster_than_writes_go_out_together_each_once_in_order(mock_clock):
     # The mock clock stands still: only the round limit ends a gathering.
-    sink = _Sink()
+    sink = RecordingSink()
     record = await _stream(fast_producer, sink)
     messages = _flat(sink.batches)
     assert messages == [("event", seq) for seq in range(1, record.latest_seq + 1)] + [
@@ -117,7 +91,7 @@ async def test_frames_faster_than_writes_go_out_together_each_once_in_order(mock
 
 
 async def test_frames_slower_than_writes_go_out_one_by_one(autojump_clock):
-    sink = _Sink()
+    sink = RecordingSink()
     record = await _stream(slow_producer, sink)
     # One write per frame as it is pushed (no waiting for more); the last
     # token and done are pushed together and go out with end.
@@ -127,7 +101,7 @@ async def test_frames_slower_than_writes_go_out_one_by_one(autojump_clock):
 
 
 async def test_cancellation_inside_the_wait_for_more_propagates():
-    class Cancelling(_Sink):
+    class Cancelling(RecordingSink):
         async def send(self, messages, *, final):
             await super().send(messages, final=final)
             if len(self.batches) == 2:
