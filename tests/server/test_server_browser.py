@@ -39,6 +39,7 @@ import trio
 from trio_websocket import wrap_client_stream
 
 from rr_proxy import RoundRobinProxy
+from trio_chatruns import ChatRunStatus
 from trio_chatruns.server import ScriptedModel, ServerSettings, serve
 from trio_chatruns.server.producers import scripted_reply
 
@@ -56,6 +57,53 @@ FLAGS = [
 MODEL = ScriptedModel(tokens_per_second=40.0, reply_tokens=100, pause_tokens=2)
 # Slower, so three cuts and a second tab fit in one reply on a loaded machine.
 DROPS_MODEL = ScriptedModel(tokens_per_second=25.0, reply_tokens=100, pause_tokens=2)
+
+
+class HeldModel:
+    """``inner``'s replies, the first ``holds`` of them kept open until :meth:`release`.
+
+    Every frame but the last (the one that completes the run) goes out at the
+    model's pace; the last waits for the test. So a reply stays mid-stream
+    (its run active, its streams open) for as long as the test cuts,
+    reconnects and reloads, however slowly a loaded machine runs the browser:
+    the test waits for the page, never races the model's clock.
+    """
+
+    def __init__(self, inner: ScriptedModel, holds: int) -> None:
+        self.inner = inner
+        self.holds = holds
+        self._release = trio.Event()
+
+    @property
+    def description(self) -> str:
+        return self.inner.description
+
+    def release(self) -> None:
+        """Let the reply being held complete."""
+        self._release.set()
+
+    async def __call__(self, run, request) -> None:
+        if self.holds <= 0:
+            await self.inner(run, request)
+            return
+        self.holds -= 1
+        last = []
+
+        class KeepsTheLastFrame:
+            def __getattr__(self, name):
+                return getattr(run, name)
+
+            def push_frame(self, frame, **changes):
+                if changes.get("status") is ChatRunStatus.COMPLETED:
+                    last.append((frame, changes))
+                    return None
+                return run.push_frame(frame, **changes)
+
+        await self.inner(KeepsTheLastFrame(), request)
+        await self._release.wait()
+        self._release = trio.Event()
+        for frame, changes in last:
+            run.push_frame(frame, **changes)
 
 
 class DevTools:
@@ -251,7 +299,9 @@ def no_errors(devtools, state):
 
 
 async def test_page_survives_drops_and_reloads(start_server, shots):
-    running = await start_server(model=DROPS_MODEL, sse_retry_ms=100)
+    # The first two replies are held open until their cuts and reload are done.
+    model = HeldModel(DROPS_MODEL, holds=2)
+    running = await start_server(model=model, sse_retry_ms=100)
     async with browser() as devtools:
         session = await open_tab(devtools, f"{running.url}/#c=browser-1")
         assert await evaluate(devtools, session, "chatState.conversationId") == "browser-1"
@@ -280,6 +330,7 @@ async def test_page_survives_drops_and_reloads(start_server, shots):
                 # A second tab on the same conversation joins mid-reply (and is cut too).
                 second_tab = await open_tab(devtools, f"{running.url}/#c=browser-1")
         assert drops >= 3
+        model.release()
         for tab in (session, second_tab):
             await wait_for(devtools, tab, "chatState.ended && chatState.status === 'completed'")
             state = await page_state(devtools, tab)
@@ -309,6 +360,7 @@ async def test_page_survives_drops_and_reloads(start_server, shots):
         record = running.server.registry.get("browser-1")
         assert record.run_id == run_id
         assert record.status.is_active, "the reload happened mid-stream"
+        model.release()
         await wait_for(devtools, session, "chatState.ended && chatState.status === 'completed'")
         shown = await turns(devtools, session)
         assert [(t["user"], t["reply"]) for t in shown] == [

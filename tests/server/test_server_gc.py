@@ -14,13 +14,15 @@ import warnings
 import httpx
 import trio
 
-from trio_chatruns.server import ServerSettings, cli, serve
+from trio_chatruns.server import ScriptedModel, ServerSettings, cli, serve
 from trio_chatruns.server.gc_tuning import YOUNG_THRESHOLD, tuned_gc
+
+# Its own model: ``from conftest import ...`` finds whichever conftest.py was
+# imported first as ``conftest`` (tests/redisbackend's, when both run).
+FAST = ScriptedModel(tokens_per_second=250.0, reply_tokens=60, pause_tokens=3)
 
 
 async def test_serve_tunes_the_collector_while_it_serves_and_restores_it(nursery):
-    from conftest import FAST
-
     before = gc.get_threshold()
     with warnings.catch_warnings():
         # serve() collects at startup: what earlier tests left unclosed is theirs.
