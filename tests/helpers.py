@@ -67,6 +67,53 @@ SCRIPT = Path(sys.executable).with_name("trio-chatruns")
 """The console script installed next to the running Python."""
 
 
+class HeldModel:
+    """``inner``'s replies, the first ``holds`` of them kept open until :meth:`release`.
+
+    Every frame but the last (the one that completes the run) goes out at the
+    model's pace; the last waits for the test. So a reply stays mid-stream
+    (its run active, its streams open) for as long as the test cuts,
+    reconnects and reloads, however slowly a loaded machine runs the browser:
+    the test waits for the page, never races the model's clock.
+    """
+
+    def __init__(self, inner: Any, holds: int) -> None:
+        self.inner = inner
+        self.holds = holds
+        self._release = trio.Event()
+
+    @property
+    def description(self) -> str:
+        return self.inner.description
+
+    def release(self) -> None:
+        """Let the reply being held complete."""
+        self._release.set()
+
+    async def __call__(self, run: Any, request: Any) -> None:
+        if self.holds <= 0:
+            await self.inner(run, request)
+            return
+        self.holds -= 1
+        last: list[tuple[Any, dict[str, Any]]] = []
+
+        class KeepsTheLastFrame:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(run, name)
+
+            def push_frame(self, frame: Any, **changes: Any) -> Any:
+                if changes.get("status") is ChatRunStatus.COMPLETED:
+                    last.append((frame, changes))
+                    return None
+                return run.push_frame(frame, **changes)
+
+        await self.inner(KeepsTheLastFrame(), request)
+        await self._release.wait()
+        self._release = trio.Event()
+        for frame, changes in last:
+            run.push_frame(frame, **changes)
+
+
 class RecordingSink:
     """A :class:`trio_chatruns.server.streams.StreamSink` that records what
     ``pump`` gives it: each message as a tuple (``("event", seq)``,

@@ -39,11 +39,10 @@ import trio
 from trio_websocket import wrap_client_stream
 
 from rr_proxy import RoundRobinProxy
-from trio_chatruns import ChatRunStatus
 from trio_chatruns.server import ScriptedModel, ServerSettings, serve
 from trio_chatruns.server.producers import scripted_reply
 
-from helpers import serve_processes, stop_all
+from helpers import HeldModel, serve_processes, stop_all
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -57,53 +56,6 @@ FLAGS = [
 MODEL = ScriptedModel(tokens_per_second=40.0, reply_tokens=100, pause_tokens=2)
 # Slower, so three cuts and a second tab fit in one reply on a loaded machine.
 DROPS_MODEL = ScriptedModel(tokens_per_second=25.0, reply_tokens=100, pause_tokens=2)
-
-
-class HeldModel:
-    """``inner``'s replies, the first ``holds`` of them kept open until :meth:`release`.
-
-    Every frame but the last (the one that completes the run) goes out at the
-    model's pace; the last waits for the test. So a reply stays mid-stream
-    (its run active, its streams open) for as long as the test cuts,
-    reconnects and reloads, however slowly a loaded machine runs the browser:
-    the test waits for the page, never races the model's clock.
-    """
-
-    def __init__(self, inner: ScriptedModel, holds: int) -> None:
-        self.inner = inner
-        self.holds = holds
-        self._release = trio.Event()
-
-    @property
-    def description(self) -> str:
-        return self.inner.description
-
-    def release(self) -> None:
-        """Let the reply being held complete."""
-        self._release.set()
-
-    async def __call__(self, run, request) -> None:
-        if self.holds <= 0:
-            await self.inner(run, request)
-            return
-        self.holds -= 1
-        last = []
-
-        class KeepsTheLastFrame:
-            def __getattr__(self, name):
-                return getattr(run, name)
-
-            def push_frame(self, frame, **changes):
-                if changes.get("status") is ChatRunStatus.COMPLETED:
-                    last.append((frame, changes))
-                    return None
-                return run.push_frame(frame, **changes)
-
-        await self.inner(KeepsTheLastFrame(), request)
-        await self._release.wait()
-        self._release = trio.Event()
-        for frame, changes in last:
-            run.push_frame(frame, **changes)
 
 
 class DevTools:
@@ -399,6 +351,8 @@ async def test_page_survives_drops_and_reloads(start_server, shots):
 
 async def test_page_restart_unreachable_bad_id_and_narrow(nursery, tmp_path, shots):
     db = tmp_path / "history.db"
+    # The first reply is held open: the server's stop always cuts it mid-reply.
+    model = HeldModel(MODEL, holds=1)
     stopped = trio.Event()
 
     async def start(port, done):
@@ -407,7 +361,7 @@ async def test_page_restart_unreachable_bad_id_and_narrow(nursery, tmp_path, sho
                 settings = ServerSettings(
                     port=port, db=str(db), graceful_timeout=2.0, sse_retry_ms=200
                 )
-                await serve(MODEL, settings, handle_signals=False, task_status=task_status)
+                await serve(model, settings, handle_signals=False, task_status=task_status)
             finally:
                 done.set()
 

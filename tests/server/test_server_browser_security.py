@@ -44,6 +44,8 @@ from trio_websocket import wrap_client_stream
 from trio_chatruns.server import ScriptedModel
 from trio_chatruns.server.producers import scripted_reply
 
+from helpers import HeldModel
+
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install chromium)"
 )
@@ -374,7 +376,9 @@ async def send_prompt(devtools, session, prompt):
 
 
 async def test_the_page_asks_for_the_key_once_and_streams_under_its_csp(start_server):
-    running = await start_server(model=PAGE_MODEL, api_key=KEY, sse_retry_ms=100)
+    # The reply is held open until both cuts are done (never racing its pace).
+    model = HeldModel(PAGE_MODEL, holds=1)
+    running = await start_server(model=model, api_key=KEY, sse_retry_ms=100)
     async with chromium() as devtools:
         session = await open_page(devtools, f"{running.url}/#c=keyed-1")
         # The page's first API call gets 401: the dialog asks for the key.
@@ -416,6 +420,7 @@ async def test_the_page_asks_for_the_key_once_and_streams_under_its_csp(start_se
         # reopens from its last seq (rotate() stands in for the minute going by).
         running.server.stream_tokens.rotate()
         assert running.server.disconnect_streams() >= 1
+        model.release()
         await settle(devtools, session, "chatState.ended && chatState.status === 'completed'")
         state = await state_of(devtools, session)
         assert state["text"] == expected
