@@ -240,9 +240,23 @@ async def test_gathering_waits_only_while_frames_keep_coming(mock_clock):
 
 
 async def test_gathering_holds_frames_back_for_a_bounded_time(mock_clock):
-    sub = _Arriving(queued=1, per_round=1, clock=mock_clock, step=COALESCE_MAX_DELAY / 2.5)
+    # Each round gets an equal share of COALESCE_MAX_DELAY: rounds just under
+    # it let the gathering go on to its round limit (at most the whole delay)...
+    share = COALESCE_MAX_DELAY / COALESCE_ROUNDS
+    sub = _Arriving(queued=1, per_round=1, clock=mock_clock, step=share * 0.9)
+    start = trio.current_time()
     assert await _coalesce(sub, True) is True
-    assert sub.looks == 1 + 3  # the third round is past the limit
+    assert sub.looks == 1 + COALESCE_ROUNDS
+    assert trio.current_time() - start <= COALESCE_MAX_DELAY
+    # ...one round just over it (many tasks running: a hundred streams
+    # writing) ends the gathering there, although that round brought a
+    # frame, and turns it off: a single queued frame then goes out at once.
+    sub = _Arriving(queued=1, per_round=1, clock=mock_clock, step=share * 1.1)
+    assert await _coalesce(sub, True) is False
+    assert sub.looks == 2
+    sub = _Arriving(queued=1, per_round=1)
+    with trio.testing.assert_no_checkpoints():
+        assert await _coalesce(sub, False) is False
 
 
 async def test_gathering_stops_at_a_full_batch_or_a_finished_run(mock_clock):
