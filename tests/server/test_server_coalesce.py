@@ -240,23 +240,61 @@ async def test_gathering_waits_only_while_frames_keep_coming(mock_clock):
 
 
 async def test_gathering_holds_frames_back_for_a_bounded_time(mock_clock):
-    # Each round gets an equal share of COALESCE_MAX_DELAY: rounds just under
-    # it let the gathering go on to its round limit (at most the whole delay)...
-    share = COALESCE_MAX_DELAY / COALESCE_ROUNDS
-    sub = _Arriving(queued=1, per_round=1, clock=mock_clock, step=share * 0.9)
-    start = trio.current_time()
+    sub = _Arriving(queued=1, per_round=1, clock=mock_clock, step=COALESCE_MAX_DELAY / 2.5)
     assert await _coalesce(sub, True) is True
+    assert sub.looks == 1 + 3  # the third round is past the limit
+
+
+async def test_gathering_needs_frames_faster_than_one_per_max_delay(mock_clock):
+    # ``since``: how long ago the last write began, so the queued frames came
+    # during it. Slower than one per COALESCE_MAX_DELAY (a stream that waited
+    # its turn among a hundred writing ones): they go out at once, with no
+    # round waited, whatever the last gathering found.
+    for queued, eager in ((1, True), (2, True), (3, False)):
+        sub = _Arriving(queued=queued, per_round=1)
+        with trio.testing.assert_no_checkpoints():
+            since = queued * COALESCE_MAX_DELAY * 1.01
+            assert await _coalesce(sub, eager, since=since) is eager
+    # One per COALESCE_MAX_DELAY or faster: it gathers.
+    sub = _Arriving(queued=2, per_round=1)
+    assert await _coalesce(sub, True, since=2 * COALESCE_MAX_DELAY) is True
     assert sub.looks == 1 + COALESCE_ROUNDS
-    assert trio.current_time() - start <= COALESCE_MAX_DELAY
-    # ...one round just over it (many tasks running: a hundred streams
-    # writing) ends the gathering there, although that round brought a
-    # frame, and turns it off: a single queued frame then goes out at once.
-    sub = _Arriving(queued=1, per_round=1, clock=mock_clock, step=share * 1.1)
-    assert await _coalesce(sub, True) is False
-    assert sub.looks == 2
-    sub = _Arriving(queued=1, per_round=1)
-    with trio.testing.assert_no_checkpoints():
-        assert await _coalesce(sub, False) is False
+
+
+async def test_the_stream_passes_how_long_ago_its_last_write_began(autojump_clock, monkeypatch):
+    from trio_chatruns.server import streams
+
+    seen = []
+    real = streams._coalesce
+
+    async def recording(subscription, eager, limit=streams.MAX_BATCH, since=0.0):
+        seen.append(since)
+        return await real(subscription, eager, limit, since)
+
+    monkeypatch.setattr(streams, "_coalesce", recording)
+
+    class SlowWrites(RecordingSink):
+        async def send(self, messages, *, final):
+            self.sent.append((list(messages), final))
+            await trio.sleep(0.005)
+
+    def every_2_ms(go):
+        async def produce(run):
+            await go.wait()
+            for i in range(20):
+                await trio.sleep(0.002)
+                run.push_frame({"type": "token", "text": str(i)})
+            run.push_frame({"type": "done"}, status=ChatRunStatus.COMPLETED)
+
+        return produce
+
+    sink = SlowWrites()
+    await _stream(every_2_ms, sink)
+    # After each write: that write's 5 ms (not the time since it ended, nor
+    # since the stream began).
+    assert len(seen) == len(sink.batches) > 5
+    assert seen[0] < 0.005
+    assert all(0.0049 < since < 0.006 for since in seen[1:]), seen
 
 
 async def test_gathering_stops_at_a_full_batch_or_a_finished_run(mock_clock):

@@ -175,11 +175,9 @@ COALESCE_ROUNDS = 8
 """Most scheduling rounds a stream lets pass, while its run's frames keep
 arriving, before it writes them (see :func:`_coalesce`)."""
 COALESCE_MAX_DELAY = 0.001
-"""Seconds (Trio clock) a stream holds frames back to gather them, at most
-(plus one scheduling round). Each round gets an equal share of it,
-``COALESCE_MAX_DELAY / COALESCE_ROUNDS``: a round that takes longer (many
-other tasks are running, such as a hundred streams writing) ends the
-gathering, since every further round would hold the frames back as long."""
+"""Seconds (Trio clock) after which a stream stops gathering frames: it holds
+them back at most this long plus one scheduling round. Frames that came
+more slowly than one per this long are not gathered at all."""
 
 
 class StreamSink(Protocol[M]):
@@ -275,11 +273,13 @@ async def _deliver(
     deadline = trio.current_time() + heartbeat
     coalesce = sink.coalesce
     eager = True  # gathering paid off last time (or was not tried yet)
+    wrote_at = trio.current_time()
     try:
         while True:
             if not out:
                 if coalesce:
-                    eager = await _coalesce(subscription, eager, gather)
+                    since = trio.current_time() - wrote_at  # the frames queued came since
+                    eager = await _coalesce(subscription, eager, gather, since)
                 with trio.CancelScope(deadline=deadline) as wait:
                     out.append(sink.event(await subscription.__anext__()))
                 if wait.cancelled_caught:
@@ -299,6 +299,7 @@ async def _deliver(
                 # The run's last frame is in ``out``: the subscription has no
                 # more, so ``pump`` sends it with ``end``, in one final write.
                 return
+            wrote_at = trio.current_time()
             await sink.send(out, final=False)
             out.clear()
             deadline = trio.current_time() + heartbeat
@@ -306,7 +307,9 @@ async def _deliver(
         return
 
 
-async def _coalesce(subscription: StreamSubscription, eager: bool, limit: int = MAX_BATCH) -> bool:
+async def _coalesce(
+    subscription: StreamSubscription, eager: bool, limit: int = MAX_BATCH, since: float = 0.0
+) -> bool:
     """Let frames that arrive faster than this stream writes gather for one write.
 
     Called before a stream takes its next batch. Frames already queued then
@@ -317,22 +320,22 @@ async def _coalesce(subscription: StreamSubscription, eager: bool, limit: int = 
     SSE write per batch instead of one per frame (the write path, not the
     frame, is what costs); two rounds in a row without a frame end it.
 
-    A round longer than its share of the delay
-    (``COALESCE_MAX_DELAY / COALESCE_ROUNDS``) ends it at once and turns
-    gathering off (returns ``False``): with many tasks running, waiting
-    rounds costs the frames' latency more than the writes it saves (at
-    100 streams it took p99 push-to-receipt from 1.3 to 1.7 times the
-    asyncio peer's; ``docs/performance.md``).
-
     It returns at once, without a checkpoint, when nothing is queued (a
     producer slower than the writes: tokens at a human pace), the run is
     terminal, ``limit`` frames are queued (``pump`` passes half the
     subscriber buffer, so gathering stops well before the stream could lag),
     or the last gathering found nothing more (``eager`` false: a frame that
     happened to arrive during a slow write) unless two or more frames are
-    queued. Returns whether to gather next time: whether this gathering
-    brought a frame (or ``eager`` as given, when it did not try). Each round
-    is a checkpoint (cancellation propagates).
+    queued. Nor does it wait when the queued frames came more slowly than one
+    per :data:`COALESCE_MAX_DELAY` during the last write (``since``: seconds
+    since that write began, on the Trio clock). That is a stream that waited
+    its turn among many others writing (a hundred streams on one run): every
+    round it waited would run all of them again and hold its frames back by
+    as long, for a frame or two more (at 100 streams and 100 frames/s it took
+    p99 push-to-receipt from 1.1 to 1.6 times the asyncio peer's;
+    ``docs/performance.md``). Returns whether to gather next time: whether
+    this gathering brought a frame (or ``eager`` as given, when it did not
+    try). Each round is a checkpoint (cancellation propagates).
     """
     record = subscription.record
     latest = record.latest_seq
@@ -341,18 +344,13 @@ async def _coalesce(subscription: StreamSubscription, eager: bool, limit: int = 
         return eager
     if not eager and queued < 2:
         return False
-    round_budget = COALESCE_MAX_DELAY / COALESCE_ROUNDS
+    if queued * COALESCE_MAX_DELAY < since:
+        return eager  # slower than one frame per COALESCE_MAX_DELAY
+    until = trio.current_time() + COALESCE_MAX_DELAY
     gained = False
     idle = 0
-    then = trio.current_time()
     for _ in range(COALESCE_ROUNDS):
         await trio.lowlevel.checkpoint()
-        now = trio.current_time()
-        if now - then > round_budget:
-            # A long round: write now, and gather again only once two or
-            # more frames are queued (the producer outpaces the writes).
-            return False
-        then = now
         record = subscription.record
         if record.latest_seq == latest:
             # Tasks run in a random order within a round (Trio's scheduler),
@@ -365,4 +363,6 @@ async def _coalesce(subscription: StreamSubscription, eager: bool, limit: int = 
             gained, idle, latest = True, 0, record.latest_seq
             if record.status.is_terminal or latest - subscription.last_seq >= limit:
                 break
+        if trio.current_time() >= until:
+            break
     return gained
