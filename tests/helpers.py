@@ -108,10 +108,50 @@ class HeldModel:
                 return run.push_frame(frame, **changes)
 
         await self.inner(KeepsTheLastFrame(), request)
-        await self._release.wait()
-        self._release = trio.Event()
+        await self._released()
         for frame, changes in last:
             run.push_frame(frame, **changes)
+
+    async def _released(self) -> None:
+        await self._release.wait()
+        self._release = trio.Event()
+
+
+class FileHeldModel(HeldModel):
+    """:class:`HeldModel` for a server in a child process (``--producer``): a
+    held reply completes once the file ``release_file`` exists, and the model
+    deletes it (one file, one reply). :func:`held_producer_module` writes the
+    module that builds one."""
+
+    def __init__(self, inner: Any, holds: int, release_file: str | os.PathLike[str]) -> None:
+        super().__init__(inner, holds)
+        self.release_file = Path(release_file)
+
+    def release(self) -> None:
+        self.release_file.touch()
+
+    async def _released(self) -> None:
+        while not self.release_file.exists():
+            await trio.sleep(0.02)
+        self.release_file.unlink()
+
+
+def held_producer_module(directory: Path, holds: int, tokens_per_second: float) -> FileHeldModel:
+    """Write ``held_replies.py`` in ``directory`` (a child server's cwd): its
+    ``model`` is the scripted model at ``tokens_per_second``, its first
+    ``holds`` replies held (``--producer held_replies:model``). Returns a
+    :class:`FileHeldModel` whose :meth:`~FileHeldModel.release` completes the
+    reply being held, in whichever child holds it."""
+    release_file = directory / "release-held-reply"
+    (directory / "held_replies.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "from helpers import FileHeldModel\n"
+        "from trio_chatruns.server.producers import ScriptedModel\n"
+        f"model = FileHeldModel(ScriptedModel(tokens_per_second={tokens_per_second!r}), "
+        f"{holds!r}, {str(release_file)!r})\n"
+    )
+    return FileHeldModel(None, 0, release_file)
 
 
 class RecordingSink:
