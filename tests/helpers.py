@@ -131,7 +131,9 @@ class FileHeldModel(HeldModel):
         self.release_file.touch()
 
     async def _released(self) -> None:
-        while not self.release_file.exists():
+        # Another process creates the file: no trio.Event reaches across, so
+        # the wait polls for the event itself (never a fixed sleep).
+        while not self.release_file.exists():  # noqa: ASYNC110
             await trio.sleep(0.02)
         self.release_file.unlink()
 
