@@ -9,7 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,30 +120,34 @@ class HeldModel:
 class FileHeldModel(HeldModel):
     """:class:`HeldModel` for a server in a child process (``--producer``): a
     held reply completes once the file ``release_file`` exists, and the model
-    deletes it (one file, one reply). :func:`held_producer_module` writes the
-    module that builds one."""
+    that takes it deletes it (one file, one reply). :func:`held_producer_module`
+    writes the module that builds one."""
 
     def __init__(self, inner: Any, holds: int, release_file: str | os.PathLike[str]) -> None:
         super().__init__(inner, holds)
         self.release_file = Path(release_file)
 
-    def release(self) -> None:
-        self.release_file.touch()
-
     async def _released(self) -> None:
         # Another process creates the file: no trio.Event reaches across, so
-        # the wait polls for the event itself (never a fixed sleep).
-        while not self.release_file.exists():  # noqa: ASYNC110
-            await trio.sleep(0.02)
-        self.release_file.unlink()
+        # the wait polls for the event itself (never a fixed sleep). Taking
+        # it is the unlink: of two workers that see it, one gets it.
+        while True:
+            try:
+                self.release_file.unlink()
+                return
+            except FileNotFoundError:
+                await trio.sleep(0.02)
 
 
-def held_producer_module(directory: Path, holds: int, tokens_per_second: float) -> FileHeldModel:
+def held_producer_module(
+    directory: Path, holds: int, tokens_per_second: float
+) -> Callable[[], None]:
     """Write ``held_replies.py`` in ``directory`` (a child server's cwd): its
     ``model`` is the scripted model at ``tokens_per_second``, its first
-    ``holds`` replies held (``--producer held_replies:model``). Returns a
-    :class:`FileHeldModel` whose :meth:`~FileHeldModel.release` completes the
-    reply being held, in whichever child holds it."""
+    ``holds`` replies held (``--producer held_replies:model``; a
+    :class:`FileHeldModel`). Returns the function that releases the reply
+    being held, in whichever child holds it (a release with none held lets
+    the next one through at once)."""
     release_file = directory / "release-held-reply"
     (directory / "held_replies.py").write_text(
         "import sys\n"
@@ -153,7 +157,7 @@ def held_producer_module(directory: Path, holds: int, tokens_per_second: float) 
         f"model = FileHeldModel(ScriptedModel(tokens_per_second={tokens_per_second!r}), "
         f"{holds!r}, {str(release_file)!r})\n"
     )
-    return FileHeldModel(None, 0, release_file)
+    return release_file.touch
 
 
 class RecordingSink:

@@ -466,7 +466,7 @@ async def test_page_on_two_workers_behind_a_round_robin_proxy(nursery, tmp_path,
     key = "browser-" + os.urandom(12).hex()
     # The scripted model at 25 tokens/s, each reply held open (in whichever
     # worker runs it) until its cut and reload are done.
-    held = held_producer_module(tmp_path, holds=2, tokens_per_second=25.0)
+    release = held_producer_module(tmp_path, holds=1, tokens_per_second=25.0)
     async with serve_processes(
         2,
         "--redis", own_redis.url,
@@ -477,7 +477,7 @@ async def test_page_on_two_workers_behind_a_round_robin_proxy(nursery, tmp_path,
         cwd=tmp_path,
         env={"TRIO_CHATRUNS_API_KEY": key},
     ) as (a, b):  # fmt: skip
-        await _two_workers_scenario(proxy, port, key, a, b, shots, held)
+        await _two_workers_scenario(proxy, port, key, a, b, shots, release)
         assert await stop_all([a, b]) == [0, 0]
 
 
@@ -494,7 +494,7 @@ def _streams_of(worker):
     return len(re.findall(STREAM_LOGGED, worker.text))
 
 
-async def _two_workers_scenario(proxy, port, key, a, b, shots, held):
+async def _two_workers_scenario(proxy, port, key, a, b, shots, release):
     only = {worker: [("127.0.0.1", worker.port)] for worker in (a, b)}
     proxy.upstreams = only[a]
     async with browser() as devtools:
@@ -516,7 +516,7 @@ async def _two_workers_scenario(proxy, port, key, a, b, shots, held):
         assert proxy.cut_all() >= 1
         await wait_for(devtools, session, f"chatState.opens > {opens}")
         await screenshot(devtools, session, shots / "workers-resumed.png")
-        held.release()
+        release()
         await wait_for(devtools, session, "chatState.ended && chatState.status === 'completed'")
         state = await page_state(devtools, session)
         assert state["text"] == first
@@ -548,7 +548,7 @@ async def _two_workers_scenario(proxy, port, key, a, b, shots, held):
         await wait_for(devtools, session, "chatState.text.length > 0")
         assert not await evaluate(devtools, session, "chatState.ended"), "reloaded mid-reply"
         await screenshot(devtools, session, shots / "workers-reloaded.png")
-        held.release()
+        release()
         await wait_for(devtools, session, "chatState.ended && chatState.status === 'completed'")
         shown = await turns(devtools, session)
         assert [(t["user"], t["reply"]) for t in shown] == [

@@ -1,6 +1,7 @@
 """Coalescing in the stream loop (``streams._coalesce``): fewer writes, the same messages.
 
-A stream whose run's frames arrive faster than it writes lets a few
+A stream whose run's frames arrive faster than it writes (and faster than
+one per ``COALESCE_MAX_DELAY``) lets a few
 scheduling rounds pass before writing, so the frames go out together; a
 stream whose frames come slower than it writes sends each as soon as it is
 pushed. Either way every frame goes out once, in order, then ``end``; on
@@ -288,6 +289,7 @@ async def test_the_stream_passes_how_long_ago_its_last_write_began(autojump_cloc
 
         return produce
 
+    autojump_clock.jump(1000.0)  # the real clock does not start at 0 either
     sink = SlowWrites()
     await _stream(every_2_ms, sink)
     # After each write: that write's 5 ms (not the time since it ended, nor

@@ -188,7 +188,8 @@ class StreamSink(Protocol[M]):
     (SSE: one body; WebSocket: one message each). ``coalesce`` says whether
     a batch of several messages costs less than as many single ones (true
     for SSE, where a batch is one write): then :func:`pump` waits a few
-    scheduling rounds for more when frames arrive faster than it writes.
+    scheduling rounds for more when frames arrive faster than it writes
+    (and faster than one per :data:`COALESCE_MAX_DELAY`).
     """
 
     coalesce: bool
@@ -205,7 +206,8 @@ async def pump(server: ServerState, plan: StreamPlan, sink: StreamSink[M]) -> No
     """Deliver ``plan``'s run to ``sink`` until it ends, lags, or is cancelled.
 
     One task does all of it: it takes whatever events are ready (when they
-    come faster than it writes, it first lets a few scheduling rounds pass
+    come faster than it writes, and faster than one per millisecond, it
+    first lets a few scheduling rounds pass
     to gather more: :func:`_coalesce`), sends them in one
     :meth:`StreamSink.send`, and waits only when nothing is; the
     heartbeat is the deadline of that one wait (``heartbeat_interval``
@@ -328,12 +330,13 @@ async def _coalesce(
     happened to arrive during a slow write) unless two or more frames are
     queued. Nor does it wait when the queued frames came more slowly than one
     per :data:`COALESCE_MAX_DELAY` during the last write (``since``: seconds
-    since that write began, on the Trio clock). That is a stream that waited
+    since that write began, on the Trio clock; about 0 before the first
+    write, so a replayed backlog is gathered). That is a stream that waited
     its turn among many others writing (a hundred streams on one run): every
     round it waited would run all of them again and hold its frames back by
-    as long, for a frame or two more (at 100 streams and 100 frames/s it took
-    p99 push-to-receipt from 1.1 to 1.6 times the asyncio peer's;
-    ``docs/performance.md``). Returns whether to gather next time: whether
+    as long, for a frame or two more (at 100 streams and 100 frames/s this
+    rule took p99 push-to-receipt from 1.62 to 1.16 times the h11 peer's;
+    ``docs/performance.md``, "Fourth round"). Returns whether to gather next time: whether
     this gathering brought a frame (or ``eager`` as given, when it did not
     try). Each round is a checkpoint (cancellation propagates).
     """
