@@ -160,6 +160,29 @@ def held_producer_module(
     return release_file.touch
 
 
+async def start_serving(
+    nursery: trio.Nursery, model: Any, settings: Any, registry_config: Any = None
+) -> tuple[Any, trio.Event]:
+    """Start :func:`trio_chatruns.server.serve` in ``nursery`` (``handle_signals=False``).
+
+    Returns the ``RunningServer`` and an event set once ``serve`` has
+    returned (or raised): a test that shuts the server down waits on it.
+    """
+    from trio_chatruns.server import serve
+
+    done = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[Any]) -> None:
+        try:
+            await serve(
+                model, settings, registry_config, handle_signals=False, task_status=task_status
+            )
+        finally:
+            done.set()
+
+    return await nursery.start(run), done
+
+
 class RecordingSink:
     """A :class:`trio_chatruns.server.streams.StreamSink` that records what
     ``pump`` gives it: each message as a tuple (``("event", seq)``,

@@ -23,7 +23,9 @@ pytest.importorskip("starlette")
 pytest.importorskip("hypercorn")
 
 from trio_chatruns import RegistryConfig
-from trio_chatruns.server import RunningServer, ScriptedModel, ServerSettings, serve
+from trio_chatruns.server import RunningServer, ScriptedModel, ServerSettings
+
+from helpers import start_serving
 
 FAST = ScriptedModel(tokens_per_second=250.0, reply_tokens=60, pause_tokens=3)
 """A quick scripted model: a reply in about a third of a second."""
@@ -203,21 +205,10 @@ async def start_server(
         settings.setdefault("graceful_timeout", 2.0)
         if redis is not None:
             settings.setdefault("redis", redis)
-        done = trio.Event()
-
-        async def run(task_status: trio.TaskStatus[RunningServer]) -> None:
-            try:
-                await serve(
-                    model,
-                    ServerSettings(**settings),
-                    registry_config,
-                    handle_signals=False,
-                    task_status=task_status,
-                )
-            finally:
-                done.set()
-
-        running: RunningServer = await nursery.start(run)
+        running: RunningServer
+        running, done = await start_serving(
+            nursery, model, ServerSettings(**settings), registry_config
+        )
         if settings.get("redis") is not None:
             stopped.append((running, done))
         return running

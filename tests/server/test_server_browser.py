@@ -39,10 +39,10 @@ import trio
 from trio_websocket import wrap_client_stream
 
 from rr_proxy import RoundRobinProxy
-from trio_chatruns.server import ScriptedModel, ServerSettings, serve
+from trio_chatruns.server import ScriptedModel, ServerSettings
 from trio_chatruns.server.producers import scripted_reply
 
-from helpers import HeldModel, held_producer_module, serve_processes, stop_all
+from helpers import HeldModel, held_producer_module, serve_processes, start_serving, stop_all
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -353,21 +353,12 @@ async def test_page_restart_unreachable_bad_id_and_narrow(nursery, tmp_path, sho
     db = tmp_path / "history.db"
     # The first reply is held open: the server's stop always cuts it mid-reply.
     model = HeldModel(MODEL, holds=1)
-    stopped = trio.Event()
 
-    async def start(port, done):
-        async def run(*, task_status):
-            try:
-                settings = ServerSettings(
-                    port=port, db=str(db), graceful_timeout=2.0, sse_retry_ms=200
-                )
-                await serve(model, settings, handle_signals=False, task_status=task_status)
-            finally:
-                done.set()
+    async def start(port):
+        settings = ServerSettings(port=port, db=str(db), graceful_timeout=2.0, sse_retry_ms=200)
+        return await start_serving(nursery, model, settings)
 
-        return await nursery.start(run)
-
-    running = await start(0, stopped)
+    running, stopped = await start(0)
     port = int(running.url.rsplit(":", 1)[1])
     async with browser() as devtools:
         session = await open_tab(devtools, f"{running.url}/#c=restart-1")
@@ -386,8 +377,7 @@ async def test_page_restart_unreachable_bad_id_and_narrow(nursery, tmp_path, sho
         await screenshot(devtools, session, shots / "server-down.png")
 
         # It comes back on the same --db: the run was lost, the history is intact.
-        stopped = trio.Event()
-        running = await start(port, stopped)
+        running, stopped = await start(port)
         await wait_for(devtools, session, "chatState.lost.length === 1 && !chatState.unreachable")
         shown = await turns(devtools, session)
         assert len(shown) == 1 and shown[0]["user"] == prompt

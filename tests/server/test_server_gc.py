@@ -12,10 +12,11 @@ import gc
 import warnings
 
 import httpx
-import trio
 
-from trio_chatruns.server import ScriptedModel, ServerSettings, cli, serve
+from trio_chatruns.server import ScriptedModel, ServerSettings, cli
 from trio_chatruns.server.gc_tuning import YOUNG_THRESHOLD, tuned_gc
+
+from helpers import start_serving
 
 # Its own model: ``from conftest import ...`` finds whichever conftest.py was
 # imported first as ``conftest`` (tests/redisbackend's, when both run).
@@ -28,20 +29,9 @@ async def test_serve_tunes_the_collector_while_it_serves_and_restores_it(nursery
         # serve() collects at startup: what earlier tests left unclosed is theirs.
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
-    done = trio.Event()
-
-    async def run(task_status: trio.TaskStatus) -> None:
-        try:
-            await serve(
-                FAST,
-                ServerSettings(port=0, tune_gc=True, graceful_timeout=2.0),
-                handle_signals=False,
-                task_status=task_status,
-            )
-        finally:
-            done.set()
-
-    running = await nursery.start(run)
+    running, done = await start_serving(
+        nursery, FAST, ServerSettings(port=0, tune_gc=True, graceful_timeout=2.0)
+    )
     assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])
     assert gc.get_freeze_count() > 1000  # the modules and the app, frozen at startup
     async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:

@@ -20,10 +20,10 @@ import pytest
 import trio
 
 from trio_chatruns import open_chat_run_registry
-from trio_chatruns.server import ChatServer, ScriptedModel, ServerSettings, serve
+from trio_chatruns.server import ChatServer, ScriptedModel, ServerSettings
 from trio_chatruns.server.conversations import open_conversation_history
 
-from helpers import wait_until
+from helpers import start_serving, wait_until
 
 coredis = pytest.importorskip("coredis")
 
@@ -230,21 +230,10 @@ def test_bad_redis_url_is_refused():
 
 
 async def test_a_reply_cut_by_a_shutdown_is_saved_in_redis(start_server, redis_url):
-    done = trio.Event()
-
-    async def worker(task_status):
-        try:
-            await serve(
-                SLOW,
-                ServerSettings(port=0, redis=redis_url, graceful_timeout=2.0),
-                handle_signals=False,
-                task_status=task_status,
-            )
-        finally:
-            done.set()
-
     async with trio.open_nursery() as nursery:
-        a = await nursery.start(worker)
+        a, done = await start_serving(
+            nursery, SLOW, ServerSettings(port=0, redis=redis_url, graceful_timeout=2.0)
+        )
         async with httpx.AsyncClient(timeout=10) as client:
             started = await client.post(a.url + "/v1/chat/runs/cut", json={"prompt": "long"})
             run_id = started.json()["run_id"]

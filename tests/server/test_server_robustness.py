@@ -15,7 +15,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, wrap_client_stream
 
-from helpers import wait_until
+from helpers import start_serving, wait_until
 
 
 class Waits:
@@ -231,21 +231,12 @@ async def test_a_client_that_leaves_mid_body_is_not_an_error(start_server, caplo
 
 
 async def test_shutdown_cuts_pending_bodies(nursery):
-    from trio_chatruns.server import ScriptedModel, ServerSettings, serve
+    from trio_chatruns.server import ScriptedModel, ServerSettings
 
-    done = trio.Event()
     graceful = 3.0
-
-    async def run_server(task_status):
-        await serve(
-            ScriptedModel(),
-            ServerSettings(port=0, graceful_timeout=graceful, body_timeout=30),
-            handle_signals=False,
-            task_status=task_status,
-        )
-        done.set()
-
-    running = await nursery.start(run_server)
+    running, done = await start_serving(
+        nursery, ScriptedModel(), ServerSettings(port=0, graceful_timeout=graceful, body_timeout=30)
+    )
     async with await raw_post_partial(running) as stream:
         await wait_body_reads(running, 1)
         running.shutdown()
